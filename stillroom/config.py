@@ -1,0 +1,203 @@
+"""Typed pipeline configuration: one pydantic model per stage, nested in `PipelineConfig`.
+
+Loaded once at a flow's entry from `configs/base.yaml`, then a profile from
+`configs/profiles/`, then dotted overrides (`training.max_steps=4`). Each later layer holds
+only its differences, so `base.yaml` is the one place every default is visible.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from stillroom.env import project_root
+
+
+class Section(BaseModel):
+    """Unknown keys are errors: a typo in a YAML file must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StorageConfig(Section):
+    endpoint_url: str | None = Field(
+        None, description="S3 API endpoint; None means AWS itself. Locally the moto server."
+    )
+    region: str = Field("us-east-1", description="S3 region passed to boto3.")
+    bucket: str = Field("stillroom", description="Bucket holding documents, manifests, labels.")
+    run_prefix: str = Field(
+        "runs", description="Key prefix under which each run writes its manifest and labels."
+    )
+
+
+class SeedConfig(Section):
+    categories: list[str] = Field(
+        default_factory=lambda: ["simple_python", "multiple", "parallel", "parallel_multiple"],
+        description="BFCL single-turn, non-live categories written as demo documents.",
+    )
+    per_category: int | None = Field(
+        None, description="Cap of cases per category (None: all of them)."
+    )
+    date: str = Field("2026-11-30", description="Date partition in requests/<date>/<id>.json.")
+    bad_documents: int = Field(
+        4, description="Malformed documents added on purpose, so rejection paths always run."
+    )
+
+
+class SamplingConfig(Section):
+    prefix: str = Field("requests/", description="S3 prefix listed for candidate documents.")
+    size: int = Field(300, description="Documents drawn; fewer if fewer valid ones exist.")
+    seed: int = Field(13, description="Seed of the draw; the same seed draws the same keys.")
+
+
+class TeacherConfig(Section):
+    base_url: str = Field(
+        "http://127.0.0.1:8765/v1", description="OpenAI-compatible endpoint of the teacher."
+    )
+    model: str = Field("replay-teacher", description="Teacher model name sent to the API.")
+    api_key_env: str = Field(
+        "STILLROOM_TEACHER_API_KEY",
+        description="Name of the env var holding the API key; the key itself is never in config.",
+    )
+    concurrency: int = Field(8, description="Requests in flight at once.")
+    timeout_s: float = Field(60.0, description="Per-request timeout.")
+    max_retries: int = Field(3, description="SDK retries on 429/5xx/connection errors.")
+    temperature: float = Field(0.0, description="Teacher sampling temperature.")
+
+
+class SplitConfig(Section):
+    validation_fraction: float = Field(0.1, description="Share of documents for validation.")
+    test_fraction: float = Field(0.2, description="Share held out for evaluation.")
+    seed: int = Field(7, description="Seed of the split shuffle.")
+
+
+class StudentConfig(Section):
+    base_model: str = Field(
+        "smollm2-135m",
+        description="'smollm2-135m' (packaged GGUF), 'tiny' (built locally), or an HF folder.",
+    )
+    quantization: Literal["auto", "none", "nf4"] = Field(
+        "auto", description="auto: 4-bit NF4 (QLoRA) on CUDA, fp32 LoRA on CPU."
+    )
+
+
+class LoraConfig(Section):
+    r: int = Field(16, description="LoRA rank.")
+    alpha: int = Field(32, description="LoRA alpha; alpha/r = 2 is the common starting ratio.")
+    dropout: float = Field(0.05, description="LoRA dropout.")
+    target_modules: list[str] | str = Field(
+        "all-linear", description="Modules adapted; 'all-linear' follows the QLoRA paper."
+    )
+
+
+class TrainingConfig(Section):
+    accelerate_config: str = Field(
+        "infra/accelerate/cpu.yaml", description="accelerate config file, relative to the repo."
+    )
+    epochs: float = Field(2.0, description="Passes over the train split (max_steps overrides).")
+    max_steps: int = Field(-1, description="Hard step cap; -1 means use epochs.")
+    learning_rate: float = Field(2e-4, description="LoRA learning rate (QLoRA paper range).")
+    batch_size: int = Field(4, description="Per-device batch size.")
+    grad_accum: int = Field(2, description="Gradient accumulation steps.")
+    max_length: int = Field(512, description="Token cap per example; longer ones are cut.")
+    warmup_ratio: float = Field(0.05, description="Linear warm-up share of the schedule.")
+    logging_steps: int = Field(5, description="Steps between loss log lines.")
+    threads: int = Field(
+        2, description="torch/OMP threads for CPU training; set deliberately, not inherited."
+    )
+    seed: int = Field(42, description="Trainer seed.")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class EvalConfig(Section):
+    max_new_tokens: int = Field(96, description="Generation cap per answer.")
+    batch_size: int = Field(8, description="Prompts generated together.")
+    evaluate_base: bool = Field(
+        True, description="Also score the untrained base model on the same test set."
+    )
+
+
+class RegistryConfig(Section):
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI; None: sqlite store in the state folder."
+    )
+    experiment: str = Field("stillroom-distill", description="MLflow experiment name.")
+    model_name: str = Field("bfcl-tool-call-student", description="Registered model name.")
+    min_accuracy: float = Field(
+        0.5, description="Champion gate: held-out accuracy a challenger must reach."
+    )
+
+
+class PipelineConfig(Section):
+    profile: str = Field("base", description="Name of the profile this config was built from.")
+    target: str = Field(
+        "configs/targets/bfcl_tool_call.yaml", description="Target YAML, relative to the repo."
+    )
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    seed: SeedConfig = Field(default_factory=SeedConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    teacher: TeacherConfig = Field(default_factory=TeacherConfig)
+    splits: SplitConfig = Field(default_factory=SplitConfig)
+    student: StudentConfig = Field(default_factory=StudentConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvalConfig = Field(default_factory=EvalConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge `extra` into a copy of `base`, recursing into nested mappings."""
+    merged = copy.deepcopy(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_override(item: str) -> dict[str, Any]:
+    """`training.max_steps=4` -> {"training": {"max_steps": 4}}; values are parsed as YAML."""
+    if "=" not in item:
+        raise ValueError(f"override {item!r} is not of the form dotted.key=value")
+    dotted, raw = item.split("=", 1)
+    value: Any = yaml.safe_load(raw) if raw else ""
+    for part in reversed(dotted.strip().split(".")):
+        value = {part: value}
+    return value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a mapping at top level")
+    return data
+
+
+def load_config(
+    profile: str | None = None,
+    overrides: list[str] | None = None,
+    configs_dir: Path | None = None,
+) -> PipelineConfig:
+    """Build the pipeline config: base.yaml, then the profile, then dotted overrides."""
+    configs_dir = configs_dir or project_root() / "configs"
+    data = read_yaml(configs_dir / "base.yaml")
+    if profile:
+        profile_path = configs_dir / "profiles" / f"{profile}.yaml"
+        if not profile_path.exists():
+            known = sorted(p.stem for p in (configs_dir / "profiles").glob("*.yaml"))
+            raise FileNotFoundError(f"no profile {profile!r}; known profiles: {known}")
+        data = deep_merge(data, read_yaml(profile_path))
+        data["profile"] = profile
+    for item in overrides or []:
+        data = deep_merge(data, parse_override(item))
+    return PipelineConfig.model_validate(data)
+
+
+def resolve_path(relative: str) -> Path:
+    """Config paths are relative to the repo root unless absolute."""
+    path = Path(relative)
+    return path if path.is_absolute() else project_root() / path

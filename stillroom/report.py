@@ -1,0 +1,50 @@
+"""The run summary people read at the end of a run: one table, counts that reconcile."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def reasons_text(reasons: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    sampling, labels = summary["sampling"], summary["labelling"]
+    student, base = summary["student"], summary.get("base")
+    reg, sizes = summary["registration"], summary["dataset"]["sizes"]
+    rows = [
+        ("documents listed", f"{sampling['listed']}"),
+        ("rejected at intake", f"{sampling['rejected']} ({reasons_text(sampling['rejected_by_reason'])})"),
+        ("sampled", f"{sampling['sampled']}"),
+        ("labelled by teacher", f"{labels['labelled']} ({labels['teacher_calls']} paid calls, "
+                                f"{labels['cache_hits']} from cache)"),
+        ("quarantined", f"{labels['quarantined']} ({reasons_text(labels['quarantined_by_reason'])})"),
+        ("train / val / test", f"{sizes['train']} / {sizes['validation']} / {sizes['test']}"),
+        ("training", f"{summary['training']['mode']}, {summary['training']['steps']} steps, "
+                     f"{summary['training']['train_tokens_per_second']:.0f} tokens/s"),
+        ("student accuracy (held-out)", f"{student['accuracy']:.3f} "
+                                        f"(valid JSON {student['validity_rate']:.3f})"),
+    ]
+    if base:
+        rows.append(("base model accuracy", f"{base['accuracy']:.3f} "
+                                            f"(valid JSON {base['validity_rate']:.3f})"))
+    rows += [
+        ("student ms/example", f"{student['ms_per_example']:.0f}"),
+        ("registered model", f"{reg['name']} v{reg['version']} aliases={','.join(reg['aliases'])}"),
+        ("promotion", reg["decision"]),
+    ]
+    return rows
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    rows = summary_rows(summary)
+    width = max(len(k) for k, _ in rows)
+    lines = [f"  {k.ljust(width)}  {v}" for k, v in rows]
+    bar = "-" * (width + 40)
+    return "\n".join([bar, f"  stillroom run {summary['run_id']}", bar, *lines, bar])
+
+
+def format_markdown(summary: dict[str, Any]) -> str:
+    rows = summary_rows(summary)
+    return "\n".join(["| stage | result |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])

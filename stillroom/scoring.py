@@ -1,0 +1,62 @@
+"""Scoring student outputs with a target's evaluate metric, loaded from the repo by path.
+
+`evaluate` is imported on first use, not with this module: it reads HF_HOME (where it copies
+metric modules) and HF_EVALUATE_OFFLINE once, at import, so importing it late lets
+`env.apply_offline_env` or a test set them first. It also drags in transformers, which takes
+seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from stillroom.config import resolve_path
+from stillroom.toolcalls import judge_prediction
+
+if TYPE_CHECKING:
+    import evaluate
+
+
+def load_metric(path: str | Path) -> evaluate.EvaluationModule:
+    """The metric module in folder `path` (relative to the repo root unless absolute).
+
+    The folder must hold `<folder name>.py`; it is checked here because evaluate would
+    otherwise take a missing local folder for a Hub id and go looking online.
+    """
+    folder = resolve_path(str(path)).resolve()
+    script = folder / f"{folder.name}.py"
+    if not script.is_file():
+        raise FileNotFoundError(f"no metric script {script.name} in {folder}")
+    import evaluate
+
+    # In memory: inputs are a few hundred strings, and no arrow/lock files are left in the
+    # shared cache for concurrent evaluations to trip over.
+    return evaluate.load(str(folder), keep_in_memory=True)
+
+
+def score_predictions(
+    metric_path: str | Path, predictions: Sequence[str], references: Sequence[str]
+) -> dict[str, float]:
+    """The metric's aggregate scores for generated texts against reference answers."""
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    metric = load_metric(metric_path)
+    scores = metric.compute(predictions=list(predictions), references=list(references))
+    return dict(scores or {})
+
+
+def example_rows(
+    ids: Sequence[str], predictions: Sequence[str], references: Sequence[str]
+) -> list[dict[str, Any]]:
+    """One row per example for an evaluation table: the texts and how each was judged."""
+    if not len(ids) == len(predictions) == len(references):
+        raise ValueError(
+            f"{len(ids)} ids, {len(predictions)} predictions, {len(references)} references"
+        )
+    return [
+        {"id": id_, "prediction": prediction, "reference": reference}
+        | judge_prediction(prediction, reference)
+        for id_, prediction, reference in zip(ids, predictions, references, strict=True)
+    ]

@@ -1,0 +1,103 @@
+"""Local stand-ins for production services: a moto S3 server and the replay teacher.
+
+Both are real HTTP servers on 127.0.0.1 started as subprocesses, so boto3 and the openai
+SDK talk to them exactly as to AWS and a provider. They are stopped by PID (terminate, then
+kill): some servers ignore SIGTERM and would otherwise outlive the demo.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass
+class Service:
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{url} exited with code {process.returncode} before it was ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s")
+
+
+def start_service(name: str, argv: list[str], url: str, health_url: str, log_dir: Path) -> Service:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    try:
+        wait_for_http(health_url, process)
+    except Exception:
+        stop_service(process)
+        raise
+    return Service(name=name, process=process, url=url, log_path=log_path)
+
+
+def stop_service(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def start_moto(log_dir: Path, port: int | None = None) -> Service:
+    port = port or free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)]
+    return start_service("moto-s3", argv, url, f"{url}/moto-api/", log_dir)
+
+
+def start_teacher(replay_path: Path, log_dir: Path, port: int | None = None) -> Service:
+    port = port or free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    argv = [
+        sys.executable, "-m", "stillroom.teacher_server",
+        "--replay", str(replay_path), "--host", LOOPBACK, "--port", str(port),
+    ]
+    return start_service("teacher", argv, f"{url}/v1", f"{url}/health", log_dir)
+
+
+def ensure_local_aws_credentials() -> None:
+    """moto accepts any credentials, but boto3 refuses to sign without some."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "local-moto")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "local-moto")
+
+
+@contextmanager
+def running(service: Service) -> Iterator[Service]:
+    try:
+        yield service
+    finally:
+        stop_service(service.process)

@@ -1,0 +1,39 @@
+"""The student as an MLflow pyfunc: what the registry hands to whoever serves a version.
+
+Input rows carry the request as JSON strings (`messages`, `tools`), the same shape as the
+dataset; the output is the parsed tool calls, or None where the student's text did not
+parse (the router escalates those to the teacher).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+from stillroom.inference import generate_all, load_for_inference
+from stillroom.prompts import render_prompt
+from stillroom.toolcalls import parse_tool_calls_text
+
+
+class StudentModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context: Any) -> None:
+        self.model, self.tokenizer = load_for_inference(Path(context.artifacts["model_dir"]))
+        self.settings = json.loads(Path(context.artifacts["settings"]).read_text())
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[Any]:
+        rows = model_input.to_dict("records")
+        prompts = [
+            render_prompt(
+                self.tokenizer, self.settings["system_prompt"],
+                json.loads(r["messages"]), json.loads(r["tools"]),
+            )
+            for r in rows
+        ]
+        generations = generate_all(
+            self.model, self.tokenizer, prompts,
+            self.settings["max_new_tokens"], self.settings["batch_size"],
+        )
+        return [json.dumps(parse_tool_calls_text(text)) for text in generations.texts]

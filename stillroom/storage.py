@@ -1,0 +1,91 @@
+"""S3 access: a boto3 client built from config, JSON/JSONL in and out, streamed listings.
+
+The same code talks to AWS, MinIO or the local moto server; only `endpoint_url` differs.
+Credentials come from boto3's usual chain (env, profile, instance role), never from config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
+
+from stillroom.config import StorageConfig
+
+
+def make_s3_client(cfg: StorageConfig) -> Any:
+    """A client with adaptive retries: throttling from S3 is routine at scale."""
+    return boto3.client(
+        "s3",
+        endpoint_url=cfg.endpoint_url,
+        region_name=cfg.region,
+        config=BotoConfig(retries={"max_attempts": 5, "mode": "adaptive"}),
+    )
+
+
+def ensure_bucket(s3: Any, bucket: str) -> None:
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        s3.create_bucket(Bucket=bucket)
+
+
+def iter_objects(s3: Any, bucket: str, prefix: str) -> Iterator[dict[str, Any]]:
+    """Stream every object under `prefix` page by page, in constant memory."""
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        yield from page.get("Contents", [])
+
+
+def get_bytes(s3: Any, bucket: str, key: str) -> bytes:
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def put_bytes(s3: Any, bucket: str, key: str, body: bytes, content_type: str) -> None:
+    s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+
+
+def get_json(s3: Any, bucket: str, key: str) -> Any:
+    return json.loads(get_bytes(s3, bucket, key))
+
+
+def put_json(s3: Any, bucket: str, key: str, value: Any) -> None:
+    body = json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
+    put_bytes(s3, bucket, key, body, "application/json")
+
+
+def exists(s3: Any, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
+            return False
+        raise
+    return True
+
+
+def dumps_jsonl(records: Iterable[dict[str, Any]]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
+
+
+def loads_jsonl(body: bytes) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
+
+
+def put_jsonl(s3: Any, bucket: str, key: str, records: Iterable[dict[str, Any]]) -> None:
+    put_bytes(s3, bucket, key, dumps_jsonl(records), "application/x-ndjson")
+
+
+def get_jsonl(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    return loads_jsonl(get_bytes(s3, bucket, key))
+
+
+def content_hash(value: Any) -> str:
+    """sha256 of a value's canonical JSON: key order and whitespace do not change it."""
+    canonical = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()

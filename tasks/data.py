@@ -1,0 +1,56 @@
+"""Tasks for the data half of the loop: sample, label, build splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from stillroom.config import PipelineConfig
+from stillroom.sampling import Manifest, sample_documents, write_manifest
+from stillroom.splits import build_splits, dataset_hash, split_sizes
+from stillroom.storage import make_s3_client, put_jsonl
+from stillroom.targets import load_target
+from stillroom.teacher import LabelResult, label_manifest
+
+
+def run_key(cfg: PipelineConfig, run_id: str, name: str) -> str:
+    return f"{cfg.storage.run_prefix}/{run_id}/{name}"
+
+
+# Listing and reading are idempotent, so retrying a flaky S3 call is safe.
+@task(name="sample", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
+def sample_task(cfg: PipelineConfig, run_id: str) -> Manifest:
+    s3 = make_s3_client(cfg.storage)
+    manifest = sample_documents(
+        s3, cfg.storage.bucket, cfg.sampling.prefix, cfg.sampling.size, cfg.sampling.seed,
+        load_target(cfg.target),
+    )
+    write_manifest(s3, cfg.storage.bucket, run_key(cfg, run_id, "manifest.json"), manifest)
+    get_run_logger().info("sampling: %s", manifest.counts())
+    return manifest
+
+
+# A retry re-reads the S3 answer cache, so documents already answered are not paid again.
+@task(name="label", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
+def label_task(cfg: PipelineConfig, run_id: str, manifest: Manifest) -> LabelResult:
+    s3 = make_s3_client(cfg.storage)
+    result = label_manifest(s3, manifest, load_target(cfg.target), cfg.teacher)
+    put_jsonl(s3, cfg.storage.bucket, run_key(cfg, run_id, "labelled.jsonl"), result.labelled)
+    put_jsonl(s3, cfg.storage.bucket, run_key(cfg, run_id, "quarantine.jsonl"), result.quarantined)
+    get_run_logger().info("labelling: %s", result.counts())
+    return result
+
+
+@task(name="build-splits", cache_policy=NO_CACHE)
+def build_task(cfg: PipelineConfig, run_id: str, labels: LabelResult, out_dir: Path) -> dict[str, Any]:
+    dataset = build_splits(labels.labelled, cfg.splits)
+    dataset.save_to_disk(str(out_dir))
+    s3 = make_s3_client(cfg.storage)
+    for name, split in dataset.items():
+        put_jsonl(s3, cfg.storage.bucket, run_key(cfg, run_id, f"splits/{name}.jsonl"), split.to_list())
+    info = {"path": str(out_dir), "hash": dataset_hash(dataset), "sizes": split_sizes(dataset)}
+    get_run_logger().info("splits: %s (hash %s)", info["sizes"], info["hash"][:12])
+    return info
