@@ -33,11 +33,19 @@ def run_demo(profile: str, overrides: list[str]) -> dict[str, Any]:
     with services.running(services.start_moto(home / "logs")) as s3_server:
         cfg = load_config(profile, [*overrides, f"storage.endpoint_url={s3_server.url}"])
         seeded = seed_bfcl(make_s3_client(cfg.storage), cfg.storage.bucket, cfg.seed, replay)
-        print(f"seeded {seeded['documents']} documents (+{seeded['bad_documents']} malformed) "
-              f"into s3://{cfg.storage.bucket}/requests/ at {s3_server.url}")
+        print(
+            f"seeded {seeded['documents']} documents (+{seeded['bad_documents']} malformed) "
+            f"into s3://{cfg.storage.bucket}/requests/ at {s3_server.url}"
+        )
         with services.running(services.start_teacher(replay, home / "logs")) as teacher:
-            summary = distill(profile, [*overrides, f"storage.endpoint_url={s3_server.url}",
-                                        f"teacher.base_url={teacher.url}"])
+            summary = distill(
+                profile,
+                [
+                    *overrides,
+                    f"storage.endpoint_url={s3_server.url}",
+                    f"teacher.base_url={teacher.url}",
+                ],
+            )
     summary["seeded"] = seeded
     return summary
 
@@ -50,10 +58,13 @@ def main() -> None:
     started = time.perf_counter()
     summary = run_demo(args.profile, args.overrides)
     print(format_summary(summary))
-    print(f"  documents seeded: {summary['seeded']['documents']} "
-          f"(+{summary['seeded']['bad_documents']} malformed)")
+    print(
+        f"  documents seeded: {summary['seeded']['documents']} "
+        f"(+{summary['seeded']['bad_documents']} malformed)"
+    )
     print(f"  wall time: {time.perf_counter() - started:.0f} s")
-    print(f"  MLflow UI:  make ui-mlflow   -> http://127.0.0.1:5000  (store {tracking_uri(load_config(args.profile).registry)})")
+    store = tracking_uri(load_config(args.profile).registry)
+    print(f"  MLflow UI:  make ui-mlflow   -> http://127.0.0.1:5000  (store {store})")
     print("  Prefect UI: make ui-prefect  -> http://127.0.0.1:4200  (flow run 'distill')")
 
 

@@ -35,11 +35,13 @@ def new_run_id() -> str:
 
 def tokenizer_corpus(labelled: list[dict[str, Any]]) -> list[str]:
     """Text a locally trained tokenizer (the `tiny` test model) learns its merges from."""
-    return [json.dumps(r["messages"]) + json.dumps(r["tools"]) + json.dumps(r["output"])
-            for r in labelled]
+    return [
+        json.dumps(r["messages"]) + json.dumps(r["tools"]) + json.dumps(r["output"])
+        for r in labelled
+    ]
 
 
-@flow(name="distill", log_prints=True)
+@flow(name="distill")
 def distill(profile: str = "demo", overrides: list[str] | None = None) -> dict[str, Any]:
     cfg: PipelineConfig = load_config(profile, overrides)
     run_id = new_run_id()
@@ -49,19 +51,29 @@ def distill(profile: str = "demo", overrides: list[str] | None = None) -> dict[s
     dataset = build_task(cfg, run_id, labels, run_dir / "dataset")
     base_dir = prepare_base_task(cfg, state_dir() / "models", tokenizer_corpus(labels.labelled))
     training = train_task(cfg, run_dir / "dataset", base_dir, run_dir / "training")
-    base = (evaluate_task(cfg, base_dir, run_dir / "dataset", "base")
-            if cfg.evaluation.evaluate_base else None)
+    base = (
+        evaluate_task(cfg, base_dir, run_dir / "dataset", "base")
+        if cfg.evaluation.evaluate_base
+        else None
+    )
     student = evaluate_task(cfg, Path(training["merged_dir"]), run_dir / "dataset", "student")
     counts = {"sampling": manifest.counts(), "labelling": labels.counts()}
     registration = register_task(cfg, run_id, counts, dataset, training, student, base)
     summary = {
-        "run_id": run_id, "profile": cfg.profile, **counts, "dataset": dataset,
+        "run_id": run_id,
+        "profile": cfg.profile,
+        **counts,
+        "dataset": dataset,
         "training": {k: v for k, v in training.items() if k != "loss_curve"},
-        "student": student.metrics, "base": base.metrics if base else None,
+        "student": student.metrics,
+        "base": base.metrics if base else None,
         "registration": dataclasses.asdict(registration),
     }
-    create_markdown_artifact(key="distill-summary", markdown=format_markdown(summary),
-                             description=f"distillation run {run_id}")
+    create_markdown_artifact(
+        key="distill-summary",
+        markdown=format_markdown(summary),
+        description=f"distillation run {run_id}",
+    )
     return summary
 
 

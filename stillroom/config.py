@@ -92,6 +92,11 @@ class LoraConfig(Section):
     target_modules: list[str] | str = Field(
         "all-linear", description="Modules adapted; 'all-linear' follows the QLoRA paper."
     )
+    top_layers: int | None = Field(
+        None,
+        description="Adapt only the last N transformer layers (None: all). Backward then stops "
+        "below them: on 2 CPU cores SmolLM2 trains 110 tokens/s with 15 of 30 layers vs 80.",
+    )
 
 
 class TrainingConfig(Section):
@@ -101,8 +106,11 @@ class TrainingConfig(Section):
     epochs: float = Field(2.0, description="Passes over the train split (max_steps overrides).")
     max_steps: int = Field(-1, description="Hard step cap; -1 means use epochs.")
     learning_rate: float = Field(2e-4, description="LoRA learning rate (QLoRA paper range).")
-    batch_size: int = Field(4, description="Per-device batch size.")
-    grad_accum: int = Field(2, description="Gradient accumulation steps.")
+    batch_size: int = Field(
+        1, description="Per-device batch size; 1 means no padding, fastest per real token on CPU."
+    )
+    eval_batch_size: int = Field(8, description="Per-device batch size for validation loss.")
+    grad_accum: int = Field(4, description="Gradient accumulation steps.")
     max_length: int = Field(512, description="Token cap per example; longer ones are cut.")
     warmup_ratio: float = Field(0.05, description="Linear warm-up share of the schedule.")
     logging_steps: int = Field(5, description="Steps between loss log lines.")
@@ -114,8 +122,13 @@ class TrainingConfig(Section):
 
 
 class EvalConfig(Section):
-    max_new_tokens: int = Field(96, description="Generation cap per answer.")
-    batch_size: int = Field(8, description="Prompts generated together.")
+    max_new_tokens: int = Field(
+        160, description="Generation cap per answer; the longest parallel calls need ~180."
+    )
+    batch_size: int = Field(
+        32,
+        description="Prompts generated together; CPU decoding is memory-bound, so wide is cheap.",
+    )
     evaluate_base: bool = Field(
         True, description="Also score the untrained base model on the same test set."
     )

@@ -20,6 +20,7 @@ OFFLINE_ENV: dict[str, str] = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_DISABLE_TELEMETRY": "true",
     "DO_NOT_TRACK": "true",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "TOKENIZERS_PARALLELISM": "false",
     # Keeps `accelerate launch` from asking for a config interactively or phoning home.
     "ACCELERATE_DISABLE_RICH": "1",

@@ -45,7 +45,9 @@ def eval_prompts(rows: list[dict[str, str]], tokenizer: Any, system_prompt: str)
     ]
 
 
-def generate_batch(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
+def generate_batch(
+    model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int
+) -> list[str]:
     import torch
 
     inputs = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)

@@ -78,6 +78,21 @@ TINY_CONFIG: dict[str, Any] = {
 }
 
 
+# Vocabulary of the built-in tiny corpus (space-separated): prose, tools, arguments, values.
+CORPUS_WORDS = (
+    "the a of to and in is it you that for on with as are this be at have from or by weather "
+    "city time date user assistant request answer function call tool result value number name "
+    "list string true false null please find get set compute book search today tomorrow price "
+    "order flight hotel account email message report temperature"
+)
+CORPUS_FUNCTIONS = (
+    "get_weather search_web book_flight convert_currency send_email calculate_area "
+    "get_stock_price find_restaurant create_event math.factorial translate_text"
+)
+CORPUS_PARAMS = "city date unit query amount from to currency radius limit language text n"
+CORPUS_STRINGS = "Paris London Tokyo New_York celsius fahrenheit USD EUR en fr today"
+
+
 # --- resolving names ------------------------------------------------------------------------
 
 
@@ -136,7 +151,10 @@ def ensure_built(folder: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
     if is_complete(folder):
         return folder.resolve()
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
+    staging = Path(
+        tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent)
+    )
+    staging.chmod(0o755)  # mkdtemp makes it owner-only; the published folder must be shareable
     try:
         source = build(staging)
         write_marker(staging, source)
@@ -277,18 +295,10 @@ def build_smollm2(out: Path) -> dict[str, Any]:
 def builtin_corpus(n_lines: int = TINY_CORPUS_LINES) -> list[str]:
     """Deterministic mixed text: prose, digits and the JSON / call syntax of tool calls."""
     rng = random.Random(TINY_SEED)
-    words = (
-        "the a of to and in is it you that for on with as are this be at have from or by "
-        "weather city time date user assistant request answer function call tool result value "
-        "number name list string true false null please find get set compute book search "
-        "today tomorrow price order flight hotel account email message report temperature"
-    ).split()
-    functions = (
-        "get_weather search_web book_flight convert_currency send_email calculate_area "
-        "get_stock_price find_restaurant create_event math.factorial translate_text"
-    ).split()
-    params = "city date unit query amount from to currency radius limit language text n".split()
-    strings = "Paris London Tokyo New York celsius fahrenheit USD EUR en fr today".split()
+    words = CORPUS_WORDS.split()
+    functions = CORPUS_FUNCTIONS.split()
+    params = CORPUS_PARAMS.split()
+    strings = CORPUS_STRINGS.split()
 
     def value() -> Any:
         kind = rng.randrange(5)
@@ -395,8 +405,10 @@ def disable_cpu_bf16_repack(model: torch.nn.Module) -> int:
     """Stop bitsandbytes repacking 4-bit weights for its avx512_bf16 CPU kernel.
 
     On CPUs with avx512_bf16, a no-grad forward (e.g. an eval pass) repacks each Linear4bit's
-    weight in place, and later backward passes through it are silently wrong. Modules already
-    repacked are unpacked back. Returns how many Linear4bit modules were touched.
+    weight in place, and later backward passes through it are silently wrong. Call it before
+    any forward (load_causal_lm does). Modules already repacked are unpacked with bitsandbytes'
+    own inverse; the repack rounded their absmax to bf16, so they stay that slightly coarser.
+    Returns how many Linear4bit modules were touched.
     """
     import bitsandbytes as bnb
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse

@@ -13,7 +13,7 @@ from typing import Any
 
 from stillroom.toolcalls import render_tool_calls
 
-DESCRIPTION_CHARS = 90  # one clause is enough to tell tools apart; the rest costs tokens
+DESCRIPTION_CHARS = 60  # a clause tells similar tools apart; every further token costs CPU time
 
 
 def schema_type(schema: dict[str, Any]) -> str:

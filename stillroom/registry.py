@@ -107,12 +107,17 @@ def pinned_requirements() -> list[str]:
 
 
 def register_candidate(
-    client: MlflowClient, cfg: RegistryConfig, model_uri: str, primary: str,
-    metrics: dict[str, float], tags: dict[str, str],
+    client: MlflowClient,
+    cfg: RegistryConfig,
+    model_uri: str,
+    primary: str,
+    metrics: dict[str, float],
+    tags: dict[str, str],
 ) -> Registration:
     version = mlflow.register_model(model_uri, cfg.model_name, tags=tags)
-    client.set_model_version_tag(cfg.model_name, version.version, METRIC_TAG_PREFIX + primary,
-                                 str(metrics[primary]))
+    client.set_model_version_tag(
+        cfg.model_name, version.version, METRIC_TAG_PREFIX + primary, str(metrics[primary])
+    )
     champion = champion_metric(client, cfg.model_name, primary)
     client.set_registered_model_alias(cfg.model_name, CHALLENGER, version.version)
     promote, decision = promotion_decision(metrics[primary], cfg.min_accuracy, champion)
@@ -121,6 +126,9 @@ def register_candidate(
     client.set_model_version_tag(cfg.model_name, version.version, "promotion", decision)
     aliases = client.get_model_version(cfg.model_name, version.version).aliases
     return Registration(
-        name=cfg.model_name, version=str(version.version), run_id=version.run_id,
-        aliases=sorted(aliases), decision=decision,
+        name=cfg.model_name,
+        version=str(version.version),
+        run_id=version.run_id,
+        aliases=sorted(aliases),
+        decision=decision,
     )

@@ -15,20 +15,38 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     reg, sizes = summary["registration"], summary["dataset"]["sizes"]
     rows = [
         ("documents listed", f"{sampling['listed']}"),
-        ("rejected at intake", f"{sampling['rejected']} ({reasons_text(sampling['rejected_by_reason'])})"),
+        (
+            "rejected at intake",
+            f"{sampling['rejected']} ({reasons_text(sampling['rejected_by_reason'])})",
+        ),
         ("sampled", f"{sampling['sampled']}"),
-        ("labelled by teacher", f"{labels['labelled']} ({labels['teacher_calls']} paid calls, "
-                                f"{labels['cache_hits']} from cache)"),
-        ("quarantined", f"{labels['quarantined']} ({reasons_text(labels['quarantined_by_reason'])})"),
+        (
+            "labelled by teacher",
+            f"{labels['labelled']} ({labels['teacher_calls']} paid calls, "
+            f"{labels['cache_hits']} from cache)",
+        ),
+        (
+            "quarantined",
+            f"{labels['quarantined']} ({reasons_text(labels['quarantined_by_reason'])})",
+        ),
         ("train / val / test", f"{sizes['train']} / {sizes['validation']} / {sizes['test']}"),
-        ("training", f"{summary['training']['mode']}, {summary['training']['steps']} steps, "
-                     f"{summary['training']['train_tokens_per_second']:.0f} tokens/s"),
-        ("student accuracy (held-out)", f"{student['accuracy']:.3f} "
-                                        f"(valid JSON {student['validity_rate']:.3f})"),
+        (
+            "training",
+            f"{summary['training']['mode']}, {summary['training']['steps']} steps, "
+            f"{summary['training']['train_tokens_per_second']:.0f} tokens/s",
+        ),
+        (
+            "student accuracy (held-out)",
+            f"{student['accuracy']:.3f} (valid JSON {student['validity_rate']:.3f})",
+        ),
     ]
     if base:
-        rows.append(("base model accuracy", f"{base['accuracy']:.3f} "
-                                            f"(valid JSON {base['validity_rate']:.3f})"))
+        rows.append(
+            (
+                "base model accuracy",
+                f"{base['accuracy']:.3f} (valid JSON {base['validity_rate']:.3f})",
+            )
+        )
     rows += [
         ("student ms/example", f"{student['ms_per_example']:.0f}"),
         ("registered model", f"{reg['name']} v{reg['version']} aliases={','.join(reg['aliases'])}"),

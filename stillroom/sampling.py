@@ -105,7 +105,9 @@ def reservoir_sample(items: Iterable[Candidate], size: int, seed: int) -> list[C
     return sorted(reservoir, key=lambda c: c.key)
 
 
-def fetch_bodies(s3: Any, bucket: str, keys: Iterable[str], workers: int) -> Iterator[tuple[str, bytes]]:
+def fetch_bodies(
+    s3: Any, bucket: str, keys: Iterable[str], workers: int
+) -> Iterator[tuple[str, bytes]]:
     """Fetch objects concurrently while keeping listing order (needed for a seeded draw)."""
     with ThreadPoolExecutor(max_workers=workers) as pool:
         yield from zip(keys, pool.map(lambda k: get_bytes(s3, bucket, k), keys), strict=True)

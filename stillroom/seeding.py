@@ -103,7 +103,9 @@ def load_bfcl_category(category: str, limit: int | None = None) -> list[dict[str
     """Cases of one category joined with their ground truth: question, functions, answer."""
     data = bfcl_data_dir()
     cases = read_jsonl_file(data / f"BFCL_v4_{category}.json")
-    answers = {a["id"]: a for a in read_jsonl_file(data / "possible_answer" / f"BFCL_v4_{category}.json")}
+    answers = {
+        a["id"]: a for a in read_jsonl_file(data / "possible_answer" / f"BFCL_v4_{category}.json")
+    }
     joined = [dict(case, ground_truth=answers[case["id"]]["ground_truth"]) for case in cases]
     return joined[:limit] if limit is not None else joined
 
@@ -155,5 +157,5 @@ def seed_bfcl(s3: Any, bucket: str, cfg: SeedConfig, replay_path: Path) -> dict[
     for name, body in BAD_DOCUMENTS[: cfg.bad_documents]:
         put_bytes(s3, bucket, f"requests/{cfg.date}/{name}.json", body, "application/json")
     replay_path.parent.mkdir(parents=True, exist_ok=True)
-    replay_path.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in recordings))
+    replay_path.write_text("".join(json.dumps(r) + "\n" for r in recordings))
     return {"documents": documents, "bad_documents": min(cfg.bad_documents, len(BAD_DOCUMENTS))}

@@ -52,7 +52,9 @@ def start_service(name: str, argv: list[str], url: str, health_url: str, log_dir
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+        process = subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+        )
     try:
         wait_for_http(health_url, process)
     except Exception:
@@ -83,8 +85,15 @@ def start_teacher(replay_path: Path, log_dir: Path, port: int | None = None) -> 
     port = port or free_port()
     url = f"http://{LOOPBACK}:{port}"
     argv = [
-        sys.executable, "-m", "stillroom.teacher_server",
-        "--replay", str(replay_path), "--host", LOOPBACK, "--port", str(port),
+        sys.executable,
+        "-m",
+        "stillroom.teacher_server",
+        "--replay",
+        str(replay_path),
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
     ]
     return start_service("teacher", argv, f"{url}/v1", f"{url}/health", log_dir)
 

@@ -1,7 +1,7 @@
 """The student as an MLflow pyfunc: what the registry hands to whoever serves a version.
 
 Input rows carry the request as JSON strings (`messages`, `tools`), the same shape as the
-dataset; the output is the parsed tool calls, or None where the student's text did not
+dataset; the output is the parsed tool calls as JSON, `null` where the student's text did not
 parse (the router escalates those to the teacher).
 """
 
@@ -23,17 +23,24 @@ class StudentModel(mlflow.pyfunc.PythonModel):
         self.model, self.tokenizer = load_for_inference(Path(context.artifacts["model_dir"]))
         self.settings = json.loads(Path(context.artifacts["settings"]).read_text())
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> list[Any]:
+    # Unannotated on purpose: MLflow reads predict's type hints as the model signature, and
+    # the signature here is given explicitly when the model is logged.
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         rows = model_input.to_dict("records")
         prompts = [
             render_prompt(
-                self.tokenizer, self.settings["system_prompt"],
-                json.loads(r["messages"]), json.loads(r["tools"]),
+                self.tokenizer,
+                self.settings["system_prompt"],
+                json.loads(r["messages"]),
+                json.loads(r["tools"]),
             )
             for r in rows
         ]
         generations = generate_all(
-            self.model, self.tokenizer, prompts,
-            self.settings["max_new_tokens"], self.settings["batch_size"],
+            self.model,
+            self.tokenizer,
+            prompts,
+            self.settings["max_new_tokens"],
+            self.settings["batch_size"],
         )
         return [json.dumps(parse_tool_calls_text(text)) for text in generations.texts]

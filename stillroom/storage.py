@@ -55,7 +55,7 @@ def get_json(s3: Any, bucket: str, key: str) -> Any:
 
 
 def put_json(s3: Any, bucket: str, key: str, value: Any) -> None:
-    body = json.dumps(value, ensure_ascii=False, sort_keys=True).encode()
+    body = json.dumps(value, ensure_ascii=False).encode()
     put_bytes(s3, bucket, key, body, "application/json")
 
 
@@ -70,7 +70,7 @@ def exists(s3: Any, bucket: str, key: str) -> bool:
 
 
 def dumps_jsonl(records: Iterable[dict[str, Any]]) -> bytes:
-    return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
 
 def loads_jsonl(body: bytes) -> list[dict[str, Any]]:

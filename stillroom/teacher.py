@@ -108,7 +108,11 @@ async def call_teacher(client: openai.AsyncOpenAI, request: dict[str, Any]) -> d
 
 
 async def answer_for(
-    s3: Any, bucket: str, client: openai.AsyncOpenAI, request: dict[str, Any], key: str,
+    s3: Any,
+    bucket: str,
+    client: openai.AsyncOpenAI,
+    request: dict[str, Any],
+    key: str,
     result: LabelResult,
 ) -> tuple[dict[str, Any], bool]:
     """The cached answer if there is one, else a fresh (paid) one, cached before returning."""
@@ -122,8 +126,13 @@ async def answer_for(
 
 
 async def label_one(
-    s3: Any, bucket: str, client: openai.AsyncOpenAI, target: Target, cfg: TeacherConfig,
-    candidate: Candidate, result: LabelResult,
+    s3: Any,
+    bucket: str,
+    client: openai.AsyncOpenAI,
+    target: Target,
+    cfg: TeacherConfig,
+    candidate: Candidate,
+    result: LabelResult,
 ) -> None:
     base = {"id": candidate.id, "key": candidate.key, "sha256": candidate.sha256}
     document = json.loads(await asyncio.to_thread(get_bytes, s3, bucket, candidate.key))
@@ -132,7 +141,9 @@ async def label_one(
         return
     request = teacher_request(target, document, cfg)
     try:
-        answer, cached = await answer_for(s3, bucket, client, request, cache_key(target, request), result)
+        answer, cached = await answer_for(
+            s3, bucket, client, request, cache_key(target, request), result
+        )
     except openai.APIError as error:
         result.quarantined.append(base | {"reason": f"teacher_error: {type(error).__name__}"})
         return

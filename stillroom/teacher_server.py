@@ -46,7 +46,9 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def completion_body(model: str, request: ChatRequest, calls: list[dict[str, Any]]) -> dict[str, Any]:
+def completion_body(
+    model: str, request: ChatRequest, calls: list[dict[str, Any]]
+) -> dict[str, Any]:
     tool_calls = [
         {
             "id": f"call_{uuid.uuid4().hex[:12]}",

@@ -49,9 +49,15 @@ class TrainingFailed(RuntimeError):
 
 def launch_command(spec_path: Path, accelerate_config: str) -> list[str]:
     return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--config_file", str(resolve_path(accelerate_config)),
-        "-m", "stillroom.training", "--spec", str(spec_path),
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(resolve_path(accelerate_config)),
+        "-m",
+        "stillroom.training",
+        "--spec",
+        str(spec_path),
     ]
 
 
@@ -69,7 +75,9 @@ def launch_training(spec: TrainSpec) -> dict[str, Any]:
     with log_path.open("w") as log_file:
         code = subprocess.call(
             launch_command(spec_path, spec.training.accelerate_config),
-            stdout=log_file, stderr=subprocess.STDOUT, env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
@@ -122,6 +130,38 @@ def build_model(spec: TrainSpec, quantize: bool) -> Any:
     return model
 
 
+def lora_config(spec: TrainSpec, model: Any) -> Any:
+    """PEFT config; with `top_layers`, adapters only on the last N decoder layers."""
+    from peft import LoraConfig
+
+    lora = spec.training.lora
+    kwargs: dict[str, Any] = {"target_modules": lora.target_modules}
+    if lora.top_layers:
+        n_layers = model.config.num_hidden_layers
+        kwargs["layers_to_transform"] = list(range(max(0, n_layers - lora.top_layers), n_layers))
+        # PEFT needs explicit module names to combine them with a layer filter.
+        if lora.target_modules == "all-linear":
+            kwargs["target_modules"] = decoder_linear_names(model)
+    return LoraConfig(
+        task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, **kwargs
+    )
+
+
+def decoder_linear_names(model: Any) -> list[str]:
+    """Leaf names of the linear layers inside decoder blocks (q_proj, ..., down_proj)."""
+    import torch
+
+    # bitsandbytes' Linear4bit subclasses torch.nn.Linear, so 4-bit models are covered too.
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if ".layers." in name and isinstance(module, torch.nn.Linear)
+    }
+    if not names:
+        raise ValueError("found no linear layers inside decoder blocks")
+    return sorted(names)
+
+
 def sft_config(spec: TrainSpec, quantize: bool, output_dir: Path) -> Any:
     import torch
     from trl import SFTConfig
@@ -133,11 +173,11 @@ def sft_config(spec: TrainSpec, quantize: bool, output_dir: Path) -> Any:
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="cosine",
-        warmup_ratio=cfg.warmup_ratio,
+        warmup_steps=cfg.warmup_ratio,  # a value below 1 is read as a share of all steps
         logging_steps=cfg.logging_steps,
         max_length=cfg.max_length,
         completion_only_loss=True,
@@ -172,7 +212,6 @@ def count_tokens(dataset: Any) -> int:
 def train(spec: TrainSpec) -> dict[str, Any]:
     import torch
     from datasets import load_from_disk
-    from peft import LoraConfig
     from trl import SFTTrainer
 
     from stillroom.models import load_tokenizer
@@ -191,17 +230,14 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     eval_rows = sft_rows(splits["validation"], tokenizer, spec.system_prompt)
 
     # --- model + trainer --------------------------------------------------------------------
-    lora = spec.training.lora
+    model = build_model(spec, quantize)
     trainer = SFTTrainer(
-        model=build_model(spec, quantize),
+        model=model,
         args=sft_config(spec, quantize, output_dir),
         train_dataset=train_rows,
         eval_dataset=eval_rows,
         processing_class=tokenizer,
-        peft_config=LoraConfig(
-            task_type="CAUSAL_LM", r=lora.r, lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout, target_modules=lora.target_modules,
-        ),
+        peft_config=lora_config(spec, model),
     )
     # Evaluated before training so the run shows how far LoRA moved the validation loss.
     initial_eval = trainer.evaluate()
@@ -233,7 +269,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
             "train_seconds": round(seconds, 2),
             "train_tokens_per_second": round(tokens / seconds, 1),
             "loss_curve": [
-                {"step": e["step"], "loss": e["loss"]} for e in trainer.state.log_history if "loss" in e
+                {"step": e["step"], "loss": e["loss"]}
+                for e in trainer.state.log_history
+                if "loss" in e
             ],
             "adapter_dir": str(adapter_dir),
             "merged_dir": str(merged_dir),

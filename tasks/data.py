@@ -25,7 +25,11 @@ def run_key(cfg: PipelineConfig, run_id: str, name: str) -> str:
 def sample_task(cfg: PipelineConfig, run_id: str) -> Manifest:
     s3 = make_s3_client(cfg.storage)
     manifest = sample_documents(
-        s3, cfg.storage.bucket, cfg.sampling.prefix, cfg.sampling.size, cfg.sampling.seed,
+        s3,
+        cfg.storage.bucket,
+        cfg.sampling.prefix,
+        cfg.sampling.size,
+        cfg.sampling.seed,
         load_target(cfg.target),
     )
     write_manifest(s3, cfg.storage.bucket, run_key(cfg, run_id, "manifest.json"), manifest)
@@ -45,12 +49,16 @@ def label_task(cfg: PipelineConfig, run_id: str, manifest: Manifest) -> LabelRes
 
 
 @task(name="build-splits", cache_policy=NO_CACHE)
-def build_task(cfg: PipelineConfig, run_id: str, labels: LabelResult, out_dir: Path) -> dict[str, Any]:
+def build_task(
+    cfg: PipelineConfig, run_id: str, labels: LabelResult, out_dir: Path
+) -> dict[str, Any]:
     dataset = build_splits(labels.labelled, cfg.splits)
     dataset.save_to_disk(str(out_dir))
     s3 = make_s3_client(cfg.storage)
     for name, split in dataset.items():
-        put_jsonl(s3, cfg.storage.bucket, run_key(cfg, run_id, f"splits/{name}.jsonl"), split.to_list())
+        put_jsonl(
+            s3, cfg.storage.bucket, run_key(cfg, run_id, f"splits/{name}.jsonl"), split.to_list()
+        )
     info = {"path": str(out_dir), "hash": dataset_hash(dataset), "sizes": split_sizes(dataset)}
     get_run_logger().info("splits: %s (hash %s)", info["sizes"], info["hash"][:12])
     return info

@@ -27,23 +27,30 @@ def flatten(prefix: str, value: Any) -> dict[str, Any]:
 
 def numeric(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return {
-        f"{prefix}{k}": float(v) for k, v in values.items()
+        f"{prefix}{k}": float(v)
+        for k, v in values.items()
         if isinstance(v, int | float) and not isinstance(v, bool)
     }
 
 
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(
-    cfg: PipelineConfig, run_id: str, counts: dict[str, Any], dataset: dict[str, Any],
-    training: dict[str, Any], student: EvalReport, base: EvalReport | None,
+    cfg: PipelineConfig,
+    run_id: str,
+    counts: dict[str, Any],
+    dataset: dict[str, Any],
+    training: dict[str, Any],
+    student: EvalReport,
+    base: EvalReport | None,
 ) -> Registration:
     target = load_target(cfg.target)
     client = configure(cfg.registry)
     with mlflow.start_run(run_name=f"distill-{run_id}"):
         # Config holds env-var *names* for secrets, never values, so it is safe to log whole.
         mlflow.log_params(flatten("", cfg.model_dump(mode="json")))
-        mlflow.log_metrics(numeric(student.metrics) | numeric(counts, "data.")
-                           | numeric(training, "train."))
+        mlflow.log_metrics(
+            numeric(student.metrics) | numeric(counts, "data.") | numeric(training, "train.")
+        )
         if base is not None:
             mlflow.log_metrics(numeric(base.metrics, "base."))
         for point in training["loss_curve"]:
@@ -55,20 +62,30 @@ def register_task(
             mlflow.log_table(pd.DataFrame(base.rows), artifact_file="eval/base_predictions.json")
         mlflow.log_dict(counts, "data/counts.json")
         example = pd.DataFrame([{"messages": "[]", "tools": "[]"}])
-        settings = {"system_prompt": target.student_system_prompt,
-                    "max_new_tokens": cfg.evaluation.max_new_tokens,
-                    "batch_size": cfg.evaluation.batch_size}
+        settings = {
+            "system_prompt": target.student_system_prompt,
+            "max_new_tokens": cfg.evaluation.max_new_tokens,
+            "batch_size": cfg.evaluation.batch_size,
+        }
         logged = log_student_model(Path(training["merged_dir"]), settings, example)
         tags = {
-            "target": target.name, "prompt_version": target.prompt_version,
-            "dataset_hash": dataset["hash"], "base_model": cfg.student.base_model,
-            "teacher_model": cfg.teacher.model, "pipeline_run": run_id,
+            "target": target.name,
+            "prompt_version": target.prompt_version,
+            "dataset_hash": dataset["hash"],
+            "base_model": cfg.student.base_model,
+            "teacher_model": cfg.teacher.model,
+            "pipeline_run": run_id,
             "training_mode": training["mode"],
         }
         mlflow.set_tags(tags)
         registration = register_candidate(
             client, cfg.registry, logged.model_uri, target.metric.primary, student.metrics, tags
         )
-    get_run_logger().info("registered %s v%s %s: %s", registration.name, registration.version,
-                          registration.aliases, registration.decision)
+    get_run_logger().info(
+        "registered %s v%s %s: %s",
+        registration.name,
+        registration.version,
+        registration.aliases,
+        registration.decision,
+    )
     return registration

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("STILLROOM_HOME", str(Path(__file__).resolve().parent.parent / ".stillroom" / "test-home"))
+os.environ.setdefault(
+    "STILLROOM_HOME", str(Path(__file__).resolve().parent.parent / ".stillroom" / "test-home")
+)
 
 from stillroom.env import apply_offline_env  # noqa: E402
 

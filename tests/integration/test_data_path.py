@@ -54,16 +54,23 @@ def test_sampling_counts_reconcile_and_manifest_round_trips(cfg: PipelineConfig,
     counts = manifest.counts()
     assert counts["listed"] == 52 and counts["rejected"] == 4 and counts["sampled"] == 30
     assert counts["rejected_by_reason"] == {
-        "empty": 1, "missing_messages": 1, "not_json": 1, "not_utf8": 1
+        "empty": 1,
+        "missing_messages": 1,
+        "not_json": 1,
+        "not_utf8": 1,
     }
     write_manifest(s3, cfg.storage.bucket, "runs/t/manifest.json", manifest)
     again = Manifest.from_json(get_json(s3, cfg.storage.bucket, "runs/t/manifest.json"))
     assert again.items == manifest.items
     # Same seed, same bucket: the same draw.
-    assert sample_documents(s3, cfg.storage.bucket, "requests/", 30, 5, TARGET).items == manifest.items
+    assert (
+        sample_documents(s3, cfg.storage.bucket, "requests/", 30, 5, TARGET).items == manifest.items
+    )
 
 
-def test_labelling_reconciles_and_a_rerun_pays_nothing(cfg: PipelineConfig, seeded, tmp_path) -> None:
+def test_labelling_reconciles_and_a_rerun_pays_nothing(
+    cfg: PipelineConfig, seeded, tmp_path
+) -> None:
     s3, replay = seeded
     manifest = sample_documents(s3, cfg.storage.bucket, "requests/", 40, 1, TARGET)
     # A document edited after sampling must not be labelled under the old hash.

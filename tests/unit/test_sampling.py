@@ -17,7 +17,10 @@ def test_reject_reasons() -> None:
     assert reject_reason(b"\xff\xfe{}", TARGET)[0] == "not_utf8"
     assert reject_reason(b'{"messages": [', TARGET)[0] == "not_json"
     assert reject_reason(b"[1, 2]", TARGET)[0] == "not_an_object"
-    assert reject_reason(json.dumps({"tools": GOOD["tools"]}).encode(), TARGET)[0] == "missing_messages"
+    assert (
+        reject_reason(json.dumps({"tools": GOOD["tools"]}).encode(), TARGET)[0]
+        == "missing_messages"
+    )
     bad_messages = dict(GOOD, messages=[{"content": "no role"}])
     assert reject_reason(json.dumps(bad_messages).encode(), TARGET)[0] == "malformed_messages"
     assert reject_reason(json.dumps(dict(GOOD, tools=[])).encode(), TARGET)[0] == "missing_tools"

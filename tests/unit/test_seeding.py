@@ -32,8 +32,10 @@ def test_tool_names_fit_the_openai_pattern() -> None:
 
 
 def test_ground_truth_takes_first_accepted_value_and_omits_optional() -> None:
-    truth = [{"math.hypot": {"x": [4], "y": [5], "z": ["", 0]}},
-             {"db.get": {"conditions": [{"dept": ["Science", "sci"]}], "unit": ["units", ""]}}]
+    truth = [
+        {"math.hypot": {"x": [4], "y": [5], "z": ["", 0]}},
+        {"db.get": {"conditions": [{"dept": ["Science", "sci"]}], "unit": ["units", ""]}},
+    ]
     assert recorded_tool_calls(truth) == [
         {"name": "math_hypot", "arguments": {"x": 4, "y": 5}},
         {"name": "db_get", "arguments": {"conditions": {"dept": "Science"}, "unit": "units"}},
@@ -47,4 +49,6 @@ def test_packaged_bfcl_cases_become_documents() -> None:
     assert all(t["function"]["parameters"]["type"] == "object" for t in document["tools"])
     # The replay key ignores system prompts: changing the teacher prompt keeps replaying.
     with_system = [{"role": "system", "content": "x"}, *document["messages"]]
-    assert replay_key(with_system, document["tools"]) == replay_key(document["messages"], document["tools"])
+    assert replay_key(with_system, document["tools"]) == replay_key(
+        document["messages"], document["tools"]
+    )

@@ -21,7 +21,9 @@ def answer(*calls: dict) -> dict:
 
 
 def test_valid_answer_passes() -> None:
-    assert validate_answer(TARGET, TOOLS, answer({"name": "area", "arguments": {"base": 3}})) is None
+    assert (
+        validate_answer(TARGET, TOOLS, answer({"name": "area", "arguments": {"base": 3}})) is None
+    )
 
 
 def test_answer_shape_is_checked() -> None:
@@ -37,5 +39,7 @@ def test_unknown_tool_is_rejected() -> None:
 def test_arguments_checked_against_the_tools_own_schema() -> None:
     missing = validate_answer(TARGET, TOOLS, answer({"name": "area", "arguments": {}}))
     assert "base" in missing
-    wrong_type = validate_answer(TARGET, TOOLS, answer({"name": "area", "arguments": {"base": "3"}}))
+    wrong_type = validate_answer(
+        TARGET, TOOLS, answer({"name": "area", "arguments": {"base": "3"}})
+    )
     assert "base" in wrong_type and "integer" in wrong_type

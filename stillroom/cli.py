@@ -1,0 +1,58 @@
+"""The `stillroom` command: inspect config, prepare models, serve the local teacher.
+
+    stillroom config --profile demo training.max_steps=4   # the resolved config, as JSON
+    stillroom prepare-model smollm2-135m                    # convert/cache a base model
+    stillroom teacher --replay .stillroom/teacher/replay.jsonl --port 8765
+
+Flows are run with `python -m flows.distill` / `python -m flows.demo` (see README).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from stillroom.env import apply_offline_env, state_dir
+
+
+def show_config(args: argparse.Namespace) -> None:
+    from stillroom.config import load_config
+
+    print(load_config(args.profile, args.overrides).model_dump_json(indent=2))
+
+
+def prepare_model(args: argparse.Namespace) -> None:
+    from stillroom.models import resolve_base_model
+
+    print(resolve_base_model(args.name, state_dir() / "models"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stillroom", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    config = commands.add_parser("config", help="print the resolved pipeline config")
+    config.add_argument("--profile", default=None)
+    config.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampling.size=50")
+    config.set_defaults(handler=show_config)
+    model = commands.add_parser("prepare-model", help="convert and cache a base model")
+    model.add_argument("name", help="smollm2-135m, tiny, or a local HF folder")
+    model.set_defaults(handler=prepare_model)
+    commands.add_parser("teacher", help="run the local replay teacher", add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    apply_offline_env()
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "teacher":
+        from stillroom.teacher_server import main as teacher_main
+
+        teacher_main(rest)
+        return
+    if rest:
+        parser.error(f"unrecognised arguments: {' '.join(rest)}")
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

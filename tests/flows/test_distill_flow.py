@@ -1,0 +1,87 @@
+"""The whole loop on the smoke profile under Prefect's test harness, against real local
+services (moto S3, replay teacher), a real trainer subprocess and a real MLflow store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.demo import run_demo
+from stillroom.config import load_config
+from stillroom.registry import tracking_uri
+
+
+@pytest.fixture(scope="module")
+def harness() -> Iterator[None]:
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    mp = pytest.MonkeyPatch()
+    path = tmp_path_factory.mktemp("flow-home")
+    mp.setenv("STILLROOM_HOME", str(path))
+    yield path
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def first_run(harness: None, home: Path) -> dict:
+    return run_demo("smoke", [])
+
+
+def client() -> MlflowClient:
+    uri = tracking_uri(load_config("smoke").registry)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def test_counts_reconcile(first_run: dict) -> None:
+    sampling, labels = first_run["sampling"], first_run["labelling"]
+    assert sampling["listed"] == sampling["sampled"] + sampling["rejected"]  # 52 listed, 40 drawn
+    assert sampling["rejected_by_reason"] == {
+        "empty": 1,
+        "missing_messages": 1,
+        "not_json": 1,
+        "not_utf8": 1,
+    }
+    assert sampling["sampled"] == labels["labelled"] + labels["quarantined"]
+    sizes = first_run["dataset"]["sizes"]
+    assert sum(sizes.values()) == labels["labelled"]
+
+
+def test_training_ran_and_was_measured(first_run: dict) -> None:
+    training = first_run["training"]
+    assert training["steps"] == 4 and training["mode"] == "LoRA (fp32 base)"
+    assert training["train_tokens_per_second"] > 0
+
+
+def test_registered_version_has_computed_accuracy_and_challenger_alias(first_run: dict) -> None:
+    reg = first_run["registration"]
+    version = client().get_model_version_by_alias(reg["name"], "challenger")
+    assert version.version == reg["version"]
+    run = client().get_run(version.run_id)
+    accuracy = run.data.metrics["accuracy"]
+    assert accuracy == pytest.approx(first_run["student"]["accuracy"])
+    assert (
+        0.0 <= accuracy <= 1.0
+        and run.data.metrics["count"] == first_run["dataset"]["sizes"]["test"]
+    )
+    assert version.tags["dataset_hash"] == first_run["dataset"]["hash"]
+    # A 4-step tiny model cannot clear the 0.5 floor, so it must not become champion.
+    assert accuracy < 0.5
+    with pytest.raises(MlflowException):
+        client().get_model_version_by_alias(reg["name"], "champion")
+
+
+def test_champion_moves_only_through_the_gate(first_run: dict) -> None:
+    second = run_demo("smoke", ["registry.min_accuracy=0.0"])
+    reg = second["registration"]
+    assert int(reg["version"]) == int(first_run["registration"]["version"]) + 1
+    champion = client().get_model_version_by_alias(reg["name"], "champion")
+    assert champion.version == reg["version"] and "promoted" in champion.tags["promotion"]
