@@ -5,16 +5,18 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+# The CPU build of torch lies on local disk here; elsewhere set TORCH_LINKS to an index serving it.
+TORCH_LINKS ?= $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 export STILLROOM_HOME ?= $(CURDIR)/.stillroom
 
-.PHONY: install demo test lint lock clean ui-mlflow ui-prefect
+.PHONY: install demo smoke test test-gpu lint lock clean ui-mlflow ui-prefect
 
 # Idempotent: reinstalls only when a lock file changed. torch goes first, alone, so that
 # nothing resolves it to a multi-GB CUDA build.
 install: $(STAMP)
 $(STAMP): requirements.lock requirements-data.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet $(TORCH_LINKS) torch==2.13.0
 	$(PIP) install --quiet -r requirements.lock
 	$(PIP) install --quiet --no-deps -r requirements-data.txt
 	$(PIP) install --quiet --no-deps --no-build-isolation -e .
@@ -23,8 +25,17 @@ $(STAMP): requirements.lock requirements-data.txt pyproject.toml
 demo: install
 	$(PY) -m flows.demo
 
+# The same loop on a tiny locally built model: about a minute.
+smoke: install
+	$(PY) -m flows.demo --profile smoke
+
+# Tests keep their state apart from the demo's.
 test: install
-	$(PY) -m pytest -q
+	STILLROOM_HOME=$(STILLROOM_HOME)/test-home $(PY) -m pytest -q
+
+# Needs CUDA: the QLoRA (4-bit NF4) training path.
+test-gpu: install
+	$(PY) -m pytest -q -m gpu tests/gpu
 
 lint: install
 	$(VENV)/bin/ruff check .

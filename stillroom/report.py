@@ -19,7 +19,7 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
             "rejected at intake",
             f"{sampling['rejected']} ({reasons_text(sampling['rejected_by_reason'])})",
         ),
-        ("sampled", f"{sampling['sampled']}"),
+        ("valid / sampled", f"{sampling['valid']} / {sampling['sampled']}"),
         (
             "labelled by teacher",
             f"{labels['labelled']} ({labels['teacher_calls']} paid calls, "

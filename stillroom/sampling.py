@@ -1,7 +1,7 @@
 """Sampling: list a prefix -> validate each document -> seeded reservoir sample -> manifest.
 
 Every listed object ends either in the sample's candidate pool or in `rejects` with a
-reason, so `listed = valid + rejected` always holds. The draw is reservoir sampling over the
+reason, so `listed = valid + rejected` always holds (and is checked). The draw is reservoir sampling over the
 valid documents in listing order (S3 lists keys in lexicographic order), so the same seed
 over the same bucket draws the same documents, and memory stays bounded by the sample size.
 """
@@ -35,11 +35,13 @@ class Manifest:
     items: list[Candidate] = field(default_factory=list)
     rejects: list[dict[str, str]] = field(default_factory=list)
     listed: int = 0
+    valid: int = 0
 
     def counts(self) -> dict[str, Any]:
         reasons = Counter(r["reason"] for r in self.rejects)
         return {
             "listed": self.listed,
+            "valid": self.valid,
             "rejected": len(self.rejects),
             "rejected_by_reason": dict(sorted(reasons.items())),
             "sampled": len(self.items),
@@ -64,6 +66,7 @@ class Manifest:
             items=[Candidate(**c) for c in data["items"]],
             rejects=data["rejects"],
             listed=data["counts"]["listed"],
+            valid=data["counts"]["valid"],
         )
 
 
@@ -127,9 +130,12 @@ def sample_documents(
                 manifest.rejects.append({"key": key, "reason": reason})
                 continue
             assert document is not None
+            manifest.valid += 1
             yield Candidate(key=key, id=str(document.get("id", key)), sha256=content_hash(document))
 
     manifest.items = reservoir_sample(valid_candidates(), size, seed)
+    if manifest.valid + len(manifest.rejects) != manifest.listed:
+        raise RuntimeError("sampling lost documents: listed != valid + rejected")
     return manifest
 
 

@@ -43,7 +43,8 @@ def client() -> MlflowClient:
 
 def test_counts_reconcile(first_run: dict) -> None:
     sampling, labels = first_run["sampling"], first_run["labelling"]
-    assert sampling["listed"] == sampling["sampled"] + sampling["rejected"]  # 52 listed, 40 drawn
+    assert sampling["listed"] == sampling["valid"] + sampling["rejected"] == 52
+    assert sampling["sampled"] == 40
     assert sampling["rejected_by_reason"] == {
         "empty": 1,
         "missing_messages": 1,
@@ -59,12 +60,14 @@ def test_training_ran_and_was_measured(first_run: dict) -> None:
     training = first_run["training"]
     assert training["steps"] == 4 and training["mode"] == "LoRA (fp32 base)"
     assert training["train_tokens_per_second"] > 0
+    # Four steps of LoRA must already move validation loss (on the answer tokens) down.
+    assert training["eval_loss_after"] < training["eval_loss_before"]
 
 
 def test_registered_version_has_computed_accuracy_and_challenger_alias(first_run: dict) -> None:
     reg = first_run["registration"]
     version = client().get_model_version_by_alias(reg["name"], "challenger")
-    assert version.version == reg["version"]
+    assert str(version.version) == reg["version"]
     run = client().get_run(version.run_id)
     accuracy = run.data.metrics["accuracy"]
     assert accuracy == pytest.approx(first_run["student"]["accuracy"])
@@ -73,6 +76,7 @@ def test_registered_version_has_computed_accuracy_and_challenger_alias(first_run
         and run.data.metrics["count"] == first_run["dataset"]["sizes"]["test"]
     )
     assert version.tags["dataset_hash"] == first_run["dataset"]["hash"]
+    assert run.data.metrics["base.count"] == run.data.metrics["count"]  # same test set
     # A 4-step tiny model cannot clear the 0.5 floor, so it must not become champion.
     assert accuracy < 0.5
     with pytest.raises(MlflowException):
@@ -84,4 +88,4 @@ def test_champion_moves_only_through_the_gate(first_run: dict) -> None:
     reg = second["registration"]
     assert int(reg["version"]) == int(first_run["registration"]["version"]) + 1
     champion = client().get_model_version_by_alias(reg["name"], "champion")
-    assert champion.version == reg["version"] and "promoted" in champion.tags["promotion"]
+    assert str(champion.version) == reg["version"] and "promoted" in champion.tags["promotion"]

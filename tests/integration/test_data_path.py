@@ -52,7 +52,8 @@ def test_sampling_counts_reconcile_and_manifest_round_trips(cfg: PipelineConfig,
     s3, _ = seeded
     manifest = sample_documents(s3, cfg.storage.bucket, "requests/", 30, 5, TARGET, workers=4)
     counts = manifest.counts()
-    assert counts["listed"] == 52 and counts["rejected"] == 4 and counts["sampled"] == 30
+    assert counts["listed"] == 52 and counts["rejected"] == 4 and counts["valid"] == 48
+    assert counts["sampled"] == 30
     assert counts["rejected_by_reason"] == {
         "empty": 1,
         "missing_messages": 1,
