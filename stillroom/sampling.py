@@ -1,9 +1,10 @@
 """Sampling: list a prefix -> validate each document -> seeded reservoir sample -> manifest.
 
 Every listed object ends either in the sample's candidate pool or in `rejects` with a
-reason, so `listed = valid + rejected` always holds (and is checked). The draw is reservoir sampling over the
-valid documents in listing order (S3 lists keys in lexicographic order), so the same seed
-over the same bucket draws the same documents, and memory stays bounded by the sample size.
+reason, so `listed = valid + rejected` always holds (and is checked). The draw is reservoir
+sampling over the valid documents in listing order (S3 lists keys in lexicographic order),
+so the same seed over the same bucket draws the same documents, and the sample itself
+stays bounded by its size.
 """
 
 from __future__ import annotations

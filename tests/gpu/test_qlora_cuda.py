@@ -26,25 +26,44 @@ def test_trainer_takes_the_qlora_path_and_learns(tmp_path: Path) -> None:
 
     records = [
         {
-            "id": f"d{i}", "sha256": f"h{i}",
+            "id": f"d{i}",
+            "sha256": f"h{i}",
             "messages": [{"role": "user", "content": f"area of a square with side {i}"}],
-            "tools": [{"type": "function", "function": {"name": "area", "parameters": {
-                "type": "object", "properties": {"side": {"type": "integer"}}}}}],
+            "tools": [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": "area",
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"side": {"type": "integer"}},
+                        },
+                    },
+                }
+            ],
             "output": {"tool_calls": [{"name": "area", "arguments": {"side": i}}]},
         }
         for i in range(60)
     ]
     build_splits(records, SplitConfig(seed=0)).save_to_disk(str(tmp_path / "ds"))
     base = resolve_base_model("smollm2-135m", tmp_path / "models")
-    metrics = launch_training(TrainSpec(
-        dataset_dir=str(tmp_path / "ds"), base_model_dir=str(base),
-        output_dir=str(tmp_path / "out"), system_prompt="Answer with JSON.",
-        quantization="auto",
-        training=TrainingConfig(
-            accelerate_config="infra/accelerate/single_gpu.yaml", max_steps=20,
-            batch_size=8, grad_accum=1, learning_rate=1e-3, logging_steps=5,
-        ),
-    ))
+    metrics = launch_training(
+        TrainSpec(
+            dataset_dir=str(tmp_path / "ds"),
+            base_model_dir=str(base),
+            output_dir=str(tmp_path / "out"),
+            system_prompt="Answer with JSON.",
+            quantization="auto",
+            training=TrainingConfig(
+                accelerate_config="infra/accelerate/single_gpu.yaml",
+                max_steps=20,
+                batch_size=8,
+                grad_accum=1,
+                learning_rate=1e-3,
+                logging_steps=5,
+            ),
+        )
+    )
     print(json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}, indent=2))
     assert metrics["mode"].startswith("QLoRA") and metrics["device"] == "cuda"
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]
