@@ -8,7 +8,6 @@ cases laid out as logged requests, runs `distill`, prints the summary, stops bot
 
 from __future__ import annotations
 
-import argparse
 import time
 from typing import Any
 
@@ -17,7 +16,7 @@ from stillroom.env import apply_offline_env, state_dir
 apply_offline_env()
 
 from stillroom import services  # noqa: E402
-from stillroom.config import load_config  # noqa: E402
+from stillroom.config import load_config, profile_parser  # noqa: E402
 from stillroom.registry import tracking_uri  # noqa: E402
 from stillroom.report import format_summary  # noqa: E402
 from stillroom.seeding import seed_bfcl  # noqa: E402
@@ -51,10 +50,7 @@ def run_demo(profile: str, overrides: list[str]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the offline distillation demo.")
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampling.size=50")
-    args = parser.parse_args()
+    args = profile_parser("Run the offline distillation demo.").parse_args()
     started = time.perf_counter()
     summary = run_demo(args.profile, args.overrides)
     print(format_summary(summary))

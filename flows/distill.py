@@ -7,7 +7,6 @@ Runs against whatever S3 and teacher the config names; `flows/demo.py` starts lo
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -22,7 +21,7 @@ apply_offline_env()  # before prefect/mlflow import: they read these settings on
 from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
-from stillroom.config import PipelineConfig, load_config  # noqa: E402
+from stillroom.config import PipelineConfig, load_config, profile_parser  # noqa: E402
 from stillroom.report import format_markdown  # noqa: E402
 from tasks.data import build_task, label_task, sample_task  # noqa: E402
 from tasks.model import evaluate_task, prepare_base_task, train_task  # noqa: E402
@@ -78,10 +77,7 @@ def distill(profile: str = "demo", overrides: list[str] | None = None) -> dict[s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Run the distillation flow.")
-    parser.add_argument("--profile", default="demo")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. training.max_steps=4")
-    args = parser.parse_args()
+    args = profile_parser("Run the distillation flow.").parse_args()
     print(json.dumps(distill(args.profile, args.overrides), indent=2, default=str))
 
 

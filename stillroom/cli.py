@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from stillroom.config import profile_parser
 from stillroom.env import apply_offline_env, state_dir
 
 
@@ -29,9 +30,12 @@ def prepare_model(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stillroom", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    config = commands.add_parser("config", help="print the resolved pipeline config")
-    config.add_argument("--profile", default=None)
-    config.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampling.size=50")
+    config = commands.add_parser(
+        "config",
+        help="print the resolved pipeline config",
+        parents=[profile_parser("", default_profile=None)],
+        add_help=False,
+    )
     config.set_defaults(handler=show_config)
     model = commands.add_parser("prepare-model", help="convert and cache a base model")
     model.add_argument("name", help="smollm2-135m, tiny, or a local HF folder")

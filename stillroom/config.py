@@ -7,6 +7,7 @@ only its differences, so `base.yaml` is the one place every default is visible.
 
 from __future__ import annotations
 
+import argparse
 import copy
 from pathlib import Path
 from typing import Any, Literal
@@ -214,3 +215,13 @@ def resolve_path(relative: str) -> Path:
     """Config paths are relative to the repo root unless absolute."""
     path = Path(relative)
     return path if path.is_absolute() else project_root() / path
+
+
+def profile_parser(
+    description: str, default_profile: str | None = "demo"
+) -> argparse.ArgumentParser:
+    """The command line every entry point shares: `--profile NAME` plus dotted overrides."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--profile", default=default_profile, help="a file in configs/profiles/")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sampling.size=50")
+    return parser
