@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import openai
+from botocore.exceptions import ClientError
 
 from stillroom.config import TeacherConfig
 from stillroom.sampling import Candidate, Manifest
@@ -135,8 +136,16 @@ async def label_one(
     result: LabelResult,
 ) -> None:
     base = {"id": candidate.id, "key": candidate.key, "sha256": candidate.sha256}
-    document = json.loads(await asyncio.to_thread(get_bytes, s3, bucket, candidate.key))
-    if content_hash(document) != candidate.sha256:
+    try:
+        document = json.loads(await asyncio.to_thread(get_bytes, s3, bucket, candidate.key))
+    except ClientError as error:
+        result.quarantined.append(
+            base | {"reason": f"unreadable: {error.response['Error']['Code']}"}
+        )
+        return
+    except ValueError:  # JSON or UTF-8 damage since the manifest was written
+        document = None
+    if document is None or content_hash(document) != candidate.sha256:
         result.quarantined.append(base | {"reason": "changed_since_sampling"})
         return
     request = teacher_request(target, document, cfg)
@@ -147,6 +156,9 @@ async def label_one(
     except openai.APIError as error:
         result.quarantined.append(base | {"reason": f"teacher_error: {type(error).__name__}"})
         return
+    if not cached:  # paid for whether or not the answer turns out valid
+        result.prompt_tokens += answer["prompt_tokens"]
+        result.completion_tokens += answer["completion_tokens"]
     output, problem = parse_tool_calls(answer["message"])
     tools = document_tools(target, document)
     if output is not None and (schema_problem := validate_answer(target, tools, output)):
@@ -154,9 +166,6 @@ async def label_one(
     if problem:
         result.quarantined.append(base | {"reason": problem})
         return
-    if not cached:
-        result.prompt_tokens += answer["prompt_tokens"]
-        result.completion_tokens += answer["completion_tokens"]
     result.labelled.append(
         base
         | {

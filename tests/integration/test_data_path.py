@@ -77,13 +77,17 @@ def test_labelling_reconciles_and_a_rerun_pays_nothing(
     # A document edited after sampling must not be labelled under the old hash.
     changed = manifest.items[0]
     put_bytes(s3, cfg.storage.bucket, changed.key, b'{"messages": []}', "application/json")
+    # ... and one deleted after sampling is quarantined as unreadable, not a crash.
+    deleted = manifest.items[1]
+    s3.delete_object(Bucket=cfg.storage.bucket, Key=deleted.key)
     with services.running(services.start_teacher(replay, tmp_path)) as teacher:
         cfg.teacher.base_url = teacher.url
         first = label_manifest(s3, manifest, TARGET, cfg.teacher)
         assert len(first.labelled) + len(first.quarantined) == len(manifest.items)
         reasons = {q["key"]: q["reason"] for q in first.quarantined}
         assert reasons[changed.key] == "changed_since_sampling"
-        assert first.teacher_calls == len(manifest.items) - 1
+        assert reasons[deleted.key] == "unreadable: NoSuchKey"
+        assert first.teacher_calls == len(manifest.items) - 2
         assert teacher_stats(teacher.url)["requests"] == first.teacher_calls
         record = first.labelled[0]
         assert record["output"]["tool_calls"] and record["prompt_tokens"] > 0
