@@ -121,12 +121,12 @@ def device_map_for_process() -> dict[str, int] | None:
 def build_model(spec: TrainSpec, quantize: bool) -> Any:
     from peft import prepare_model_for_kbit_training
 
-    from stillroom.models import disable_cpu_bf16_repack, load_causal_lm
+    from stillroom.models import load_causal_lm
 
+    # load_causal_lm already turned off bitsandbytes' CPU bf16 repack on every 4-bit layer.
     model = load_causal_lm(Path(spec.base_model_dir), quantize, device_map_for_process())
     if quantize:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-        disable_cpu_bf16_repack(model)
     return model
 
 
@@ -219,8 +219,9 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     torch.set_num_threads(spec.training.threads)
     output_dir = Path(spec.output_dir)
     quantize = use_4bit(spec.quantization)
-    mode = "QLoRA (4-bit NF4 base, bf16 compute)" if quantize else "LoRA (fp32 base)"
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    compute = "bf16" if device == "cuda" else "fp32"
+    mode = f"QLoRA (4-bit NF4 base, {compute} compute)" if quantize else "LoRA (fp32 base)"
     log.warning("training %s on %s with %d threads", mode, device, torch.get_num_threads())
 
     # --- data -----------------------------------------------------------------------------
