@@ -67,7 +67,6 @@ def generate_batch(
 def generate_all(
     model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int, batch_size: int
 ) -> Generations:
-    texts: list[str] = []
     started = time.perf_counter()
     # Shortest prompts together: less padding per batch, so less wasted compute.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

@@ -13,8 +13,7 @@ from typing import Any
 
 import mlflow.pyfunc
 
-from stillroom.inference import generate_all, load_for_inference
-from stillroom.prompts import render_prompt
+from stillroom.inference import eval_prompts, generate_all, load_for_inference
 from stillroom.toolcalls import parse_tool_calls_text
 
 
@@ -27,15 +26,7 @@ class StudentModel(mlflow.pyfunc.PythonModel):
     # the signature here is given explicitly when the model is logged.
     def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
         rows = model_input.to_dict("records")
-        prompts = [
-            render_prompt(
-                self.tokenizer,
-                self.settings["system_prompt"],
-                json.loads(r["messages"]),
-                json.loads(r["tools"]),
-            )
-            for r in rows
-        ]
+        prompts = eval_prompts(rows, self.tokenizer, self.settings["system_prompt"])
         generations = generate_all(
             self.model,
             self.tokenizer,

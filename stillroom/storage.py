@@ -59,30 +59,22 @@ def put_json(s3: Any, bucket: str, key: str, value: Any) -> None:
     put_bytes(s3, bucket, key, body, "application/json")
 
 
-def exists(s3: Any, bucket: str, key: str) -> bool:
+def get_json_if_exists(s3: Any, bucket: str, key: str) -> Any | None:
+    """One GET: the parsed object, or None when the key is absent (no HEAD round trip first)."""
     try:
-        s3.head_object(Bucket=bucket, Key=key)
+        return get_json(s3, bucket, key)
     except ClientError as error:
         if error.response["Error"]["Code"] in {"404", "NoSuchKey", "NotFound"}:
-            return False
+            return None
         raise
-    return True
 
 
 def dumps_jsonl(records: Iterable[dict[str, Any]]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode()
 
 
-def loads_jsonl(body: bytes) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
-
-
 def put_jsonl(s3: Any, bucket: str, key: str, records: Iterable[dict[str, Any]]) -> None:
     put_bytes(s3, bucket, key, dumps_jsonl(records), "application/x-ndjson")
-
-
-def get_jsonl(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
-    return loads_jsonl(get_bytes(s3, bucket, key))
 
 
 def content_hash(value: Any) -> str:

@@ -20,7 +20,7 @@ from botocore.exceptions import ClientError
 
 from stillroom.config import TeacherConfig
 from stillroom.sampling import Candidate, Manifest
-from stillroom.storage import content_hash, exists, get_bytes, get_json, put_json
+from stillroom.storage import content_hash, get_bytes, get_json_if_exists, put_json
 from stillroom.targets import Target, document_messages, document_tools, validate_answer
 
 CACHE_PREFIX = "teacher-cache"
@@ -117,9 +117,10 @@ async def answer_for(
     result: LabelResult,
 ) -> tuple[dict[str, Any], bool]:
     """The cached answer if there is one, else a fresh (paid) one, cached before returning."""
-    if await asyncio.to_thread(exists, s3, bucket, key):
+    cached = await asyncio.to_thread(get_json_if_exists, s3, bucket, key)
+    if cached is not None:
         result.cache_hits += 1
-        return await asyncio.to_thread(get_json, s3, bucket, key), True
+        return cached, True
     answer = await call_teacher(client, request)
     result.teacher_calls += 1
     await asyncio.to_thread(put_json, s3, bucket, key, answer)
