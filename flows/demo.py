@@ -21,6 +21,7 @@ from stillroom.registry import tracking_uri  # noqa: E402
 from stillroom.report import format_summary  # noqa: E402
 from stillroom.seeding import seed_bfcl  # noqa: E402
 from stillroom.storage import make_s3_client  # noqa: E402
+from stillroom.targets import load_target  # noqa: E402
 
 
 def run_demo(profile: str, overrides: list[str]) -> dict[str, Any]:
@@ -31,12 +32,18 @@ def run_demo(profile: str, overrides: list[str]) -> dict[str, Any]:
     replay = home / "teacher" / "replay.jsonl"
     with services.running(services.start_moto(home / "logs")) as s3_server:
         cfg = load_config(profile, [*overrides, f"storage.endpoint_url={s3_server.url}"])
-        seeded = seed_bfcl(make_s3_client(cfg.storage), cfg.storage.bucket, cfg.seed, replay)
+        pii = load_target(cfg.target).pii
+        s3 = make_s3_client(cfg.storage)
+        seeded = seed_bfcl(s3, cfg.storage.bucket, cfg.seed, replay, pii)
         print(
             f"seeded {seeded['documents']} documents (+{seeded['bad_documents']} malformed) "
             f"into s3://{cfg.storage.bucket}/requests/ at {s3_server.url}"
         )
-        with services.running(services.start_teacher(replay, home / "logs")) as teacher:
+        faults = cfg.seed.teacher_faults
+        if faults:
+            print(f"local teacher injects faults: {', '.join(faults)}")
+        teacher_service = services.start_teacher(replay, home / "logs", faults=faults)
+        with services.running(teacher_service) as teacher:
             summary = distill(
                 profile,
                 [

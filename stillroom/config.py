@@ -33,6 +33,7 @@ class StorageConfig(Section):
     run_prefix: str = Field(
         "runs", description="Key prefix under which each run writes its manifest and labels."
     )
+    max_connections: int = Field(64, description="HTTP connections kept open to S3.")
 
 
 class SeedConfig(Section):
@@ -47,12 +48,69 @@ class SeedConfig(Section):
     bad_documents: int = Field(
         4, description="Malformed documents added on purpose, so rejection paths always run."
     )
+    teacher_faults: list[str] = Field(
+        default_factory=list,
+        description="Faults the local teacher injects, e.g. `p_429=0.05` (teacher_server.Faults).",
+    )
+
+
+class StratifyConfig(Section):
+    by: Literal["key", "field"] = Field(
+        description="'key': a regex group of the object key (a date partition, a source "
+        "prefix), known from the listing alone; 'field': a dotted path into the document."
+    )
+    pattern: str | None = Field(
+        None, description="For by=key: regex whose first group is the stratum."
+    )
+    field: str | None = Field(
+        None, description="For by=field: dotted path, e.g. `source` or `tools.0.function.name`."
+    )
+    quotas: dict[str, int] = Field(
+        default_factory=dict, description="Documents drawn at most, per named stratum."
+    )
+    default_quota: int | None = Field(
+        None, description="Cap for strata not named in `quotas` (None: only `size` caps)."
+    )
+
+
+class DedupSettings(Section):
+    exact: bool = Field(True, description="Drop documents whose normalised text repeats.")
+    near: bool = Field(True, description="Drop near-duplicates (MinHash LSH over shingles).")
+    threshold: float = Field(
+        0.95,
+        description="Estimated Jaccard similarity that counts as near. On the demo data 0.9 "
+        "drops a BFCL question re-asked with distractor tools (a different task); 0.95 doesn't.",
+    )
+    same_numbers: bool = Field(
+        True, description="A near match must also have the same numbers: 10000 vs 20000 differ."
+    )
+    num_perm: int = Field(128, description="MinHash permutations: more is sharper and slower.")
+    shingle_size: int = Field(5, description="Character shingle length.")
 
 
 class SamplingConfig(Section):
     prefix: str = Field("requests/", description="S3 prefix listed for candidate documents.")
-    size: int = Field(300, description="Documents drawn; fewer if fewer valid ones exist.")
+    size: int = Field(300, description="Documents drawn; fewer if fewer usable ones exist.")
     seed: int = Field(13, description="Seed of the draw; the same seed draws the same keys.")
+    oversample: float = Field(
+        1.3,
+        description="Candidates kept while listing, as a multiple of `size`: rejects and "
+        "duplicates are replaced from them. Doubled (and the prefix listed again) if short.",
+    )
+    read_workers: int = Field(8, description="Documents read from S3 concurrently.")
+    max_prompt_tokens: int = Field(
+        384, description="Longer student prompts are rejected as too_long (context budget)."
+    )
+    chars_per_token: float = Field(
+        3.5, description="Estimate used for max_prompt_tokens; measured on the demo data."
+    )
+    dedup: DedupSettings = Field(default_factory=DedupSettings)
+    stratify: StratifyConfig | None = Field(None, description="None: one uniform draw.")
+
+
+class Price(Section):
+    input_per_1m: float = Field(description="USD per million prompt tokens.")
+    output_per_1m: float = Field(description="USD per million completion tokens.")
 
 
 class TeacherConfig(Section):
@@ -65,9 +123,34 @@ class TeacherConfig(Section):
         description="Name of the env var holding the API key; the key itself is never in config.",
     )
     concurrency: int = Field(8, description="Requests in flight at once.")
+    requests_per_minute: float | None = Field(
+        None, description="Provider's request-rate limit (None: unlimited)."
+    )
+    tokens_per_minute: float | None = Field(
+        None, description="Provider's token-rate limit, prompt + max_tokens (None: unlimited)."
+    )
     timeout_s: float = Field(60.0, description="Per-request timeout.")
-    max_retries: int = Field(3, description="SDK retries on 429/5xx/connection errors.")
+    max_retries: int = Field(
+        5, description="Retries per request on 429, 5xx, timeouts and connection errors."
+    )
+    backoff_s: float = Field(0.5, description="First backoff; doubles per retry, full jitter.")
+    backoff_max_s: float = Field(30.0, description="Backoff ceiling.")
+    failure_budget: int = Field(
+        20,
+        description="Documents that may fail for good (retries spent) before the run stops "
+        "instead of paying on; the rest are counted as skipped.",
+    )
+    repair: bool = Field(
+        True, description="Send an invalid answer back once with its error before quarantine."
+    )
     temperature: float = Field(0.0, description="Teacher sampling temperature.")
+    max_tokens: int = Field(512, description="Completion cap per request.")
+    prices: dict[str, Price] = Field(
+        default_factory=dict, description="USD per million tokens, by teacher model name."
+    )
+    progress_every_s: float = Field(
+        10.0, description="Seconds between progress lines when not on a terminal."
+    )
 
 
 class SplitConfig(Section):

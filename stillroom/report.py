@@ -9,26 +9,44 @@ def reasons_text(reasons: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in reasons.items()) or "none"
 
 
+def money(value: float | None) -> str:
+    return "n/a (no price for this teacher)" if value is None else f"${value:.4f}"
+
+
+def cost_text(labels: dict[str, Any]) -> str:
+    return (
+        f"{money(labels['cost_usd'])} paid this run, {money(labels['saved_by_cache_usd'])} "
+        f"saved by the cache, {money(labels['cost_per_1k_documents_usd'])} per 1k documents"
+    )
+
+
 def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
     sampling, labels = summary["sampling"], summary["labelling"]
     student, base = summary["student"], summary.get("base")
     reg, sizes = summary["registration"], summary["dataset"]["sizes"]
     rows = [
-        ("documents listed", f"{sampling['listed']}"),
+        ("documents listed", f"{sampling['listed']} ({sampling['examined']} read)"),
         (
             "rejected at intake",
             f"{sampling['rejected']} ({reasons_text(sampling['rejected_by_reason'])})",
         ),
-        ("valid / sampled", f"{sampling['valid']} / {sampling['sampled']}"),
+        ("sampled", f"{sampling['sampled']} (over quota {sampling['over_quota']})"),
         (
             "labelled by teacher",
             f"{labels['labelled']} ({labels['teacher_calls']} paid calls, "
-            f"{labels['cache_hits']} from cache)",
+            f"{labels['cache_hits']} from cache, {labels['repaired']} repaired)",
         ),
         (
             "quarantined",
             f"{labels['quarantined']} ({reasons_text(labels['quarantined_by_reason'])})",
         ),
+        ("skipped", f"{labels['skipped']} ({reasons_text(labels['skipped_by_reason'])})"),
+        (
+            "teacher retries",
+            f"{labels['retries']} ({reasons_text(labels['retries_by_error'])})",
+        ),
+        ("PII scrubbed", reasons_text(labels["pii_scrubbed"])),
+        ("teacher cost", cost_text(labels)),
         ("train / val / test", f"{sizes['train']} / {sizes['validation']} / {sizes['test']}"),
         (
             "training",

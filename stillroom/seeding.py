@@ -11,10 +11,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from stillroom.config import SeedConfig
+from stillroom.pii import apply_replacements, scrub_messages
 from stillroom.storage import content_hash, ensure_bucket, put_bytes, put_json
 
 BFCL_TYPES = {"dict": "object", "float": "number", "tuple": "array"}
@@ -137,7 +139,23 @@ BAD_DOCUMENTS: list[tuple[str, bytes]] = [
 ]
 
 
-def seed_bfcl(s3: Any, bucket: str, cfg: SeedConfig, replay_path: Path) -> dict[str, int]:
+def recording(document: dict[str, Any], calls: list[dict[str, Any]], pii: Sequence[str]) -> dict:
+    """The replay teacher's answer for a document, as a real teacher would see it.
+
+    The labeller scrubs PII before sending, so the recording is keyed on the scrubbed
+    messages, and the recorded arguments use the same placeholders the prompt shows.
+    """
+    scrubbed = scrub_messages(document["messages"], pii)
+    return {
+        "key": replay_key(scrubbed.messages, document["tools"]),
+        "id": document["id"],
+        "tool_calls": apply_replacements(calls, scrubbed.replacements),
+    }
+
+
+def seed_bfcl(
+    s3: Any, bucket: str, cfg: SeedConfig, replay_path: Path, pii: Sequence[str] = ()
+) -> dict[str, int]:
     """Write BFCL cases to `requests/<date>/`, the teacher recordings to `replay_path`."""
     ensure_bucket(s3, bucket)
     recordings = []
@@ -146,13 +164,8 @@ def seed_bfcl(s3: Any, bucket: str, cfg: SeedConfig, replay_path: Path) -> dict[
         for case in load_bfcl_category(category, cfg.per_category):
             document = to_document(case, category, cfg.date)
             put_json(s3, bucket, f"requests/{cfg.date}/{document['id']}.json", document)
-            recordings.append(
-                {
-                    "key": replay_key(document["messages"], document["tools"]),
-                    "id": document["id"],
-                    "tool_calls": recorded_tool_calls(case["ground_truth"]),
-                }
-            )
+            calls = recorded_tool_calls(case["ground_truth"])
+            recordings.append(recording(document, calls, pii))
             documents += 1
     for name, body in BAD_DOCUMENTS[: cfg.bad_documents]:
         put_bytes(s3, bucket, f"requests/{cfg.date}/{name}.json", body, "application/json")

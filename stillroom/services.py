@@ -81,7 +81,10 @@ def start_moto(log_dir: Path, port: int | None = None) -> Service:
     return start_service("moto-s3", argv, url, f"{url}/moto-api/", log_dir)
 
 
-def start_teacher(replay_path: Path, log_dir: Path, port: int | None = None) -> Service:
+def start_teacher(
+    replay_path: Path, log_dir: Path, port: int | None = None, faults: list[str] | None = None
+) -> Service:
+    """The local replay teacher; `faults` are `name=value` items (see teacher_server.Faults)."""
     port = port or free_port()
     url = f"http://{LOOPBACK}:{port}"
     argv = [
@@ -95,6 +98,8 @@ def start_teacher(replay_path: Path, log_dir: Path, port: int | None = None) -> 
         "--port",
         str(port),
     ]
+    for fault in faults or []:
+        argv += ["--fault", fault]
     return start_service("teacher", argv, f"{url}/v1", f"{url}/health", log_dir)
 
 

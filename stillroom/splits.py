@@ -28,6 +28,8 @@ def to_row(record: dict[str, Any]) -> dict[str, str]:
         "messages": json.dumps(record["messages"], ensure_ascii=False),
         "tools": json.dumps(record["tools"], ensure_ascii=False),
         "answer": render_tool_calls(record["output"]["tool_calls"]),
+        # The teacher's reasoning, when the target asks for it (distilling step-by-step).
+        "rationale": record.get("rationale") or "",
     }
 
 

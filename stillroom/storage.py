@@ -19,12 +19,19 @@ from stillroom.config import StorageConfig
 
 
 def make_s3_client(cfg: StorageConfig) -> Any:
-    """A client with adaptive retries: throttling from S3 is routine at scale."""
+    """A client with adaptive retries: throttling from S3 is routine at scale.
+
+    The connection pool is sized for the labeller's threads (botocore's default is 10,
+    which would make concurrent reads queue for a connection).
+    """
     return boto3.client(
         "s3",
         endpoint_url=cfg.endpoint_url,
         region_name=cfg.region,
-        config=BotoConfig(retries={"max_attempts": 5, "mode": "adaptive"}),
+        config=BotoConfig(
+            retries={"max_attempts": 5, "mode": "adaptive"},
+            max_pool_connections=cfg.max_connections,
+        ),
     )
 
 
@@ -75,6 +82,10 @@ def dumps_jsonl(records: Iterable[dict[str, Any]]) -> bytes:
 
 def put_jsonl(s3: Any, bucket: str, key: str, records: Iterable[dict[str, Any]]) -> None:
     put_bytes(s3, bucket, key, dumps_jsonl(records), "application/x-ndjson")
+
+
+def read_jsonl(s3: Any, bucket: str, key: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in get_bytes(s3, bucket, key).decode().splitlines() if line]
 
 
 def content_hash(value: Any) -> str:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from stillroom.config import resolve_path
+from stillroom.pii import validate_kinds
 
 
 class TargetInput(BaseModel):
@@ -40,11 +41,19 @@ class Target(BaseModel):
     student_system_prompt: str
     output_schema: dict[str, Any]
     metric: TargetMetric
+    pii: list[str] = Field(
+        default_factory=list,
+        description="PII kinds scrubbed from messages before they reach the teacher.",
+    )
+    rationale: bool = Field(
+        False, description="Keep the teacher's text alongside its answer as a rationale."
+    )
 
 
 def load_target(path: str | Path) -> Target:
     target = Target.model_validate(yaml.safe_load(resolve_path(str(path)).read_text()))
     jsonschema.Draft202012Validator.check_schema(target.output_schema)
+    validate_kinds(target.pii)
     return target
 
 

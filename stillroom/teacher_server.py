@@ -1,44 +1,90 @@
-"""A local OpenAI-compatible teacher for offline runs and tests.
+"""A local OpenAI-compatible teacher for offline runs, tests and benchmarks.
 
 Replay mode answers `/v1/chat/completions` from recorded outputs keyed by the request (see
 `seeding.replay_key`), rendered as OpenAI `tool_calls`, so the labelling code runs exactly
-as it would against a real provider. It counts the requests it serves (`GET /stats`), which
-is how tests prove a rerun paid nothing twice.
+as it would against a real provider. Fault injection makes it behave like one on a bad
+day: added latency, a request-rate limit enforced with 429 + `Retry-After`, random 429s,
+5xx errors, hung requests, malformed JSON arguments and schema-invalid answers.
 
-    python -m stillroom.teacher_server --replay .stillroom/teacher/replay.jsonl --port 8765
+The server keeps the books a provider would (`GET /stats`): requests by outcome, answers
+delivered, tokens billed, and `repeats`, answers delivered twice for the very same request:
+what a client with a working cache never pays for. An answer whose client hung up before
+it was ready is counted as `abandoned`, not delivered.
+
+    python -m stillroom.teacher_server --replay .stillroom/teacher/replay.jsonl --port 8765 \
+        --fault latency_ms=200 --fault p_429=0.05
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import random
 import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, ConfigDict
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 
 from stillroom.seeding import replay_key
+from stillroom.storage import content_hash
+
+ToolCalls = list[dict[str, Any]]
 
 
-class ChatRequest(BaseModel):
-    # Providers accept many optional fields (tool_choice, temperature, ...); replay ignores them.
-    model_config = ConfigDict(extra="allow")
-    model: str
-    messages: list[dict[str, Any]]
-    tools: list[dict[str, Any]] | None = None
+class Faults(BaseModel):
+    """What goes wrong, and how often. Probabilities are per request, drawn independently."""
+
+    model_config = ConfigDict(extra="forbid")
+    latency_ms: float = Field(0.0, description="Added to every request before it is answered.")
+    latency_jitter_ms: float = Field(0.0, description="Uniform extra latency, 0..this.")
+    rate_limit_rps: float | None = Field(
+        None, description="Requests/second the server accepts; more get 429 + Retry-After."
+    )
+    p_429: float = Field(0.0, description="Random 429 Too Many Requests, with Retry-After.")
+    retry_after_s: float = Field(0.5, description="Retry-After sent with a random 429.")
+    p_5xx: float = Field(0.0, description="Random 500/502/503 errors.")
+    p_timeout: float = Field(0.0, description="Requests that hang for `hang_s` seconds.")
+    hang_s: float = Field(30.0, description="How long a hung request hangs.")
+    p_malformed: float = Field(0.0, description="Answers whose tool arguments are not JSON.")
+    p_schema_invalid: float = Field(0.0, description="Answers calling a tool not on offer.")
+    seed: int = Field(0, description="Seed of the fault draws.")
 
 
-def load_recordings(path: Path) -> dict[str, list[dict[str, Any]]]:
-    recordings = {}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            recordings[record["key"]] = record["tool_calls"]
-    return recordings
+class Backend(Protocol):
+    """Where answers come from: recordings, or a local model (see `local_teacher`)."""
+
+    def answer(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> ToolCalls | None: ...
+
+
+class ReplayBackend:
+    def __init__(self, path: Path) -> None:
+        self.recordings: dict[str, ToolCalls] = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                self.recordings[record["key"]] = record["tool_calls"]
+
+    def answer(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> ToolCalls | None:
+        return self.recordings.get(replay_key(original_turns(messages), tools))
+
+
+def original_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The request as first sent: a repair follow-up appends the bad answer and a note."""
+    for index, message in enumerate(messages):
+        if message.get("role") == "assistant":
+            return messages[:index]
+    return messages
 
 
 def estimate_tokens(text: str) -> int:
@@ -46,20 +92,27 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
-def completion_body(
-    model: str, request: ChatRequest, calls: list[dict[str, Any]]
-) -> dict[str, Any]:
+def corrupt(calls: ToolCalls, fault: str) -> list[dict[str, Any]]:
+    """Wire-format tool calls, damaged the way real model output gets damaged."""
+    wire = [{"name": c["name"], "arguments": json.dumps(c["arguments"])} for c in calls]
+    if fault == "malformed":  # cut off mid-object, as when a provider hits max_tokens
+        wire[0]["arguments"] = wire[0]["arguments"][:-1]
+    elif fault == "schema_invalid":
+        wire[0]["name"] = "not_an_offered_tool"
+    return wire
+
+
+def completion_body(model: str, prompt_text: str, wire_calls: list[dict[str, Any]]) -> dict:
     tool_calls = [
         {
             "id": f"call_{uuid.uuid4().hex[:12]}",
             "type": "function",
-            "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+            "function": {"name": c["name"], "arguments": c["arguments"]},
         }
-        for c in calls
+        for c in wire_calls
     ]
-    prompt_text = json.dumps(request.messages) + json.dumps(request.tools or [])
-    completion_tokens = estimate_tokens(json.dumps(calls))
     prompt_tokens = estimate_tokens(prompt_text)
+    completion_tokens = estimate_tokens(json.dumps(wire_calls))
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -80,33 +133,161 @@ def completion_body(
     }
 
 
-def create_app(replay_path: Path, model_name: str = "replay-teacher") -> FastAPI:
-    recordings = load_recordings(replay_path)
-    stats: Counter[str] = Counter()
+def error_response(status: int, kind: str, message: str, retry_after_s: float | None = None):
+    headers = {}
+    if retry_after_s is not None:
+        # Providers send whole seconds in Retry-After and milliseconds in retry-after-ms.
+        headers["retry-after"] = str(max(1, round(retry_after_s)))
+        headers["retry-after-ms"] = str(int(retry_after_s * 1000))
+    body = {"error": {"message": message, "type": kind, "code": status}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class RateWindow:
+    """Server-side request-rate limit: a token bucket holding one second of requests."""
+
+    def __init__(self, rps: float) -> None:
+        self.rps = rps
+        self.tokens = max(1.0, rps)
+        self.stamp = time.monotonic()
+
+    def take(self) -> float:
+        """0.0 if the request is within the limit, else seconds until it would be."""
+        now = time.monotonic()
+        self.tokens = min(max(1.0, self.rps), self.tokens + (now - self.stamp) * self.rps)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return 0.0
+        return (1.0 - self.tokens) / self.rps
+
+
+class TeacherState:
+    """Faults in force and the provider-side books; both reset through the admin API."""
+
+    def __init__(self, faults: Faults) -> None:
+        self.stats: Counter[str] = Counter()
+        self.delivered: set[str] = set()
+        self.seen: Counter[str] = Counter()  # times each exact request body has arrived
+        self.set_faults(faults)
+
+    def set_faults(self, faults: Faults) -> None:
+        self.faults = faults
+        self.window = RateWindow(faults.rate_limit_rps) if faults.rate_limit_rps else None
+
+    def reset(self) -> None:
+        self.stats.clear()
+        self.delivered.clear()
+        self.seen.clear()
+
+    def rng_for(self, digest: str) -> random.Random:
+        """Draws depend on the request and its attempt number, not on arrival order, so a
+        run's faults are the same however concurrent requests interleave."""
+        attempt = self.seen[digest]
+        self.seen[digest] += 1
+        return random.Random(f"{self.faults.seed}:{digest}:{attempt}")
+
+    def draw(self, rng: random.Random) -> str | None:
+        """At most one fault per request, so the configured rates are what is observed."""
+        f, roll = self.faults, rng.random()
+        for name, p in (
+            ("rate_limited", f.p_429),
+            ("server_error", f.p_5xx),
+            ("timeout", f.p_timeout),
+            ("malformed", f.p_malformed),
+            ("schema_invalid", f.p_schema_invalid),
+        ):
+            if roll < p:
+                return name
+            roll -= p
+        return None
+
+
+def create_app(
+    backend: Backend, model_name: str = "replay-teacher", faults: Faults | None = None
+) -> FastAPI:
+    state = TeacherState(faults or Faults())
     app = FastAPI(title="stillroom local teacher")
 
     @app.get("/v1/models")
     def list_models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": model_name, "object": "model"}]}
 
-    @app.get("/stats")
-    def get_stats() -> dict[str, int]:
-        return dict(stats)
-
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "recordings": len(recordings)}
+        return {"status": "ok", "backend": type(backend).__name__}
+
+    @app.get("/stats")
+    def get_stats() -> dict[str, int]:
+        return dict(state.stats)
+
+    @app.put("/admin/faults")
+    def put_faults(new: Faults) -> dict[str, Any]:
+        state.set_faults(new)
+        return new.model_dump()
+
+    @app.post("/admin/reset")
+    def reset() -> dict[str, str]:
+        state.reset()
+        return {"status": "reset"}
 
     @app.post("/v1/chat/completions")
-    def chat_completions(request: ChatRequest) -> dict[str, Any]:
+    async def chat_completions(raw: Request) -> Any:
+        body = await raw.json()
+        stats, faults = state.stats, state.faults
         stats["requests"] += 1
-        calls = recordings.get(replay_key(request.messages, request.tools or []))
+        if state.window and (wait_s := state.window.take()):
+            stats["rate_limited"] += 1
+            return error_response(429, "rate_limit_exceeded", "request rate limit", wait_s)
+        digest = content_hash(body)
+        rng = state.rng_for(digest)
+        fault = state.draw(rng)
+        if fault == "rate_limited":
+            stats["rate_limited"] += 1
+            return error_response(429, "rate_limit_exceeded", "slow down", faults.retry_after_s)
+        delay_s = (faults.latency_ms + rng.random() * faults.latency_jitter_ms) / 1000
+        if fault == "timeout":
+            delay_s += faults.hang_s
+        await asyncio.sleep(delay_s)
+        if fault == "server_error":
+            stats["server_error"] += 1
+            status = rng.choice([500, 502, 503])
+            return error_response(status, "server_error", "the teacher fell over")
+        messages, tools = body.get("messages") or [], body.get("tools") or []
+        calls = await asyncio.to_thread(backend.answer, messages, tools)
         if calls is None:
             stats["misses"] += 1
-            raise HTTPException(404, detail="no recorded answer for this request")
-        return completion_body(model_name, request, calls)
+            return error_response(404, "not_found", "no recorded answer for this request")
+        if await raw.is_disconnected():
+            stats["abandoned"] += 1  # the client gave up (its timeout): nothing delivered
+            return error_response(499, "client_closed", "client went away")
+        outcome = fault if fault in ("malformed", "schema_invalid", "timeout") else "ok"
+        stats[outcome] += 1
+        reply = completion_body(
+            model_name, json.dumps(messages) + json.dumps(tools), corrupt(calls, outcome)
+        )
+        record_delivery(state, digest, reply["usage"])
+        return reply
 
     return app
+
+
+def record_delivery(state: TeacherState, digest: str, usage: dict[str, int]) -> None:
+    if digest in state.delivered:
+        state.stats["repeats"] += 1
+    state.delivered.add(digest)
+    state.stats["delivered"] += 1
+    state.stats["billed_prompt_tokens"] += usage["prompt_tokens"]
+    state.stats["billed_completion_tokens"] += usage["completion_tokens"]
+
+
+def parse_faults(items: list[str]) -> Faults:
+    """`--fault latency_ms=200 --fault p_429=0.1` -> Faults (values parsed as YAML)."""
+    values = {}
+    for item in items:
+        name, _, raw = item.partition("=")
+        values[name.strip()] = yaml.safe_load(raw)
+    return Faults.model_validate(values)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,8 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--model-name", default="replay-teacher")
+    parser.add_argument("--fault", action="append", default=[], help="e.g. p_5xx=0.1")
     args = parser.parse_args(argv)
-    app = create_app(args.replay, args.model_name)
+    app = create_app(ReplayBackend(args.replay), args.model_name, parse_faults(args.fault))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
 
 

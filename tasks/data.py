@@ -13,7 +13,7 @@ from stillroom.sampling import Manifest, sample_documents, write_manifest
 from stillroom.splits import build_splits, dataset_hash, split_sizes
 from stillroom.storage import make_s3_client, put_jsonl
 from stillroom.targets import load_target
-from stillroom.teacher import LabelResult, label_manifest
+from stillroom.teacher import LabelResult, label_manifest, raise_if_stopped, write_labels
 
 
 def run_key(cfg: PipelineConfig, run_id: str, name: str) -> str:
@@ -24,27 +24,21 @@ def run_key(cfg: PipelineConfig, run_id: str, name: str) -> str:
 @task(name="sample", retries=2, retry_delay_seconds=5, cache_policy=NO_CACHE)
 def sample_task(cfg: PipelineConfig, run_id: str) -> Manifest:
     s3 = make_s3_client(cfg.storage)
-    manifest = sample_documents(
-        s3,
-        cfg.storage.bucket,
-        cfg.sampling.prefix,
-        cfg.sampling.size,
-        cfg.sampling.seed,
-        load_target(cfg.target),
-    )
+    manifest = sample_documents(s3, cfg.storage.bucket, cfg.sampling, load_target(cfg.target))
     write_manifest(s3, cfg.storage.bucket, run_key(cfg, run_id, "manifest.json"), manifest)
     get_run_logger().info("sampling: %s", manifest.counts())
     return manifest
 
 
 # A retry re-reads the S3 answer cache, so documents already answered are not paid again.
-@task(name="label", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
+# A run stopped by its failure budget is not retried here: the teacher is failing.
+@task(name="label", retries=0, cache_policy=NO_CACHE)
 def label_task(cfg: PipelineConfig, run_id: str, manifest: Manifest) -> LabelResult:
     s3 = make_s3_client(cfg.storage)
     result = label_manifest(s3, manifest, load_target(cfg.target), cfg.teacher)
-    put_jsonl(s3, cfg.storage.bucket, run_key(cfg, run_id, "labelled.jsonl"), result.labelled)
-    put_jsonl(s3, cfg.storage.bucket, run_key(cfg, run_id, "quarantine.jsonl"), result.quarantined)
+    write_labels(s3, cfg.storage.bucket, run_key(cfg, run_id, "labels"), result)
     get_run_logger().info("labelling: %s", result.counts())
+    raise_if_stopped(result)
     return result
 
 

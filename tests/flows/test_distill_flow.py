@@ -43,15 +43,20 @@ def client() -> MlflowClient:
 
 def test_counts_reconcile(first_run: dict) -> None:
     sampling, labels = first_run["sampling"], first_run["labelling"]
-    assert sampling["listed"] == sampling["valid"] + sampling["rejected"] == 52
-    assert sampling["sampled"] == 40
-    assert sampling["rejected_by_reason"] == {
+    assert sampling["listed"] == 52 and sampling["not_examined"] == 0  # smoke reads them all
+    assert (
+        sampling["sampled"] + sampling["rejected"] + sampling["over_quota"] == sampling["examined"]
+    )
+    reasons = sampling["rejected_by_reason"]
+    assert {k: reasons[k] for k in ("empty", "missing_messages", "not_json", "not_utf8")} == {
         "empty": 1,
         "missing_messages": 1,
         "not_json": 1,
         "not_utf8": 1,
     }
-    assert sampling["sampled"] == labels["labelled"] + labels["quarantined"]
+    assert sampling["sampled"] >= 40
+    assert sampling["sampled"] == labels["labelled"] + labels["quarantined"] + labels["skipped"]
+    assert labels["skipped"] == 0 and labels["cost_usd"] > 0
     sizes = first_run["dataset"]["sizes"]
     assert sum(sizes.values()) == labels["labelled"]
 

@@ -1,6 +1,8 @@
 import json
+import random
 
-from stillroom.sampling import Candidate, reject_reason, reservoir_sample
+from stillroom.config import SamplingConfig
+from stillroom.sampling import Pool, dotted_get, fill_pool, key_stratum, priority, reject_reason
 from stillroom.targets import load_target
 
 TARGET = load_target("configs/targets/bfcl_tool_call.yaml")
@@ -28,27 +30,67 @@ def test_reject_reasons() -> None:
     assert reason is None and document == GOOD
 
 
-def candidates(n: int) -> list[Candidate]:
-    return [Candidate(key=f"k{i:04d}", id=str(i), sha256=str(i)) for i in range(n)]
+def keys(n: int) -> list[str]:
+    return [f"requests/2026-11-{1 + i % 3:02d}/doc-{i:05d}.json" for i in range(n)]
 
 
-def test_reservoir_is_seeded_and_sized() -> None:
-    first = reservoir_sample(candidates(1000), 50, seed=1)
+def drawn(cfg: SamplingConfig, listing: list[str]) -> list[str]:
+    pool, _, _ = fill_pool(listing, cfg, oversample=1.0)
+    return [key for key, _ in pool.ordered()]
+
+
+def test_draw_is_seeded_and_independent_of_listing_order() -> None:
+    cfg = SamplingConfig(size=50, seed=1, read_workers=0)
+    listing = keys(1000)
+    first = drawn(cfg, listing)
     assert len(first) == 50 and len(set(first)) == 50
-    assert first == reservoir_sample(candidates(1000), 50, seed=1)
-    assert first != reservoir_sample(candidates(1000), 50, seed=2)
+    shuffled = listing[:]
+    random.Random(3).shuffle(shuffled)
+    assert drawn(cfg, shuffled) == first  # pagination or order cannot change the sample
+    assert drawn(SamplingConfig(size=50, seed=2, read_workers=0), listing) != first
 
 
-def test_reservoir_takes_everything_when_short() -> None:
-    assert len(reservoir_sample(candidates(7), 50, seed=1)) == 7
+def test_new_keys_leave_earlier_picks_in_place_unless_they_outrank_them() -> None:
+    cfg = SamplingConfig(size=50, seed=1, read_workers=0)
+    before = set(drawn(cfg, keys(1000)))
+    after = set(drawn(cfg, keys(1100)))
+    # 100 new keys can displace at most the picks they outrank: ~50 * 100/1100 ~ 5.
+    assert len(before - after) <= 15
 
 
-def test_reservoir_is_roughly_uniform() -> None:
-    # Each of 100 items should be drawn ~ 10/100 of the time over many seeds; a biased
-    # reservoir (e.g. one favouring early items) puts the first half far above the second.
-    hits = [0] * 100
+def test_draw_is_roughly_uniform() -> None:
+    # Over many seeds each key should be drawn about equally; a biased draw (e.g. one
+    # favouring early keys) puts the first half far above the second.
+    listing = keys(100)
+    hits = {k: 0 for k in listing}
     for seed in range(400):
-        for c in reservoir_sample(candidates(100), 10, seed=seed):
-            hits[int(c.id)] += 1
-    first_half, second_half = sum(hits[:50]), sum(hits[50:])
+        for key in drawn(SamplingConfig(size=10, seed=seed, read_workers=0), listing):
+            hits[key] += 1
+    counts = list(hits.values())
+    first_half, second_half = sum(counts[:50]), sum(counts[50:])
     assert abs(first_half - second_half) < 0.15 * (first_half + second_half)
+
+
+def test_pool_memory_is_bounded_by_its_capacity() -> None:
+    pool = Pool(lambda stratum: 7)
+    for i in range(10_000):
+        pool.offer("", priority(0, str(i)), str(i))
+    assert len(pool.ordered()) == 7 and pool.overflowed == {""}
+    best = sorted(range(10_000), key=lambda i: priority(0, str(i)))[:7]
+    assert [k for k, _ in pool.ordered()] == [str(i) for i in best]
+
+
+def test_key_strata_each_get_their_own_pool_and_quota() -> None:
+    stratify = {"by": "key", "pattern": r"requests/([^/]+)/", "quotas": {"2026-11-01": 2}}
+    cfg = SamplingConfig(size=5, seed=1, read_workers=0, stratify=stratify)
+    pool, listed, by_stratum = fill_pool(keys(90), cfg, oversample=1.0)
+    assert listed == 90 and by_stratum == {"2026-11-01": 30, "2026-11-02": 30, "2026-11-03": 30}
+    per_stratum = {s: len(h) for s, h in pool.heaps.items()}
+    assert per_stratum == {"2026-11-01": 2, "2026-11-02": 5, "2026-11-03": 5}
+    assert key_stratum(cfg.stratify)("elsewhere/x.json") == "<other>"
+
+
+def test_dotted_get_reaches_into_lists() -> None:
+    assert dotted_get(GOOD, "tools.0.function.name") == "f"
+    assert dotted_get(GOOD, "tools.3.function.name") is None
+    assert dotted_get(GOOD, "id") == "a"
