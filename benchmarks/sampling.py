@@ -28,8 +28,9 @@ apply_offline_env()
 
 from stillroom import services  # noqa: E402
 from stillroom.config import SamplingConfig, load_config  # noqa: E402
+from stillroom.dedup import DedupConfig, Deduplicator  # noqa: E402
 from stillroom.sampling import fill_pool, sample_documents  # noqa: E402
-from stillroom.storage import ensure_bucket, make_s3_client, put_json  # noqa: E402
+from stillroom.storage import ensure_bucket, iter_objects, make_s3_client, put_json  # noqa: E402
 from stillroom.targets import load_target  # noqa: E402
 
 
@@ -111,15 +112,27 @@ def part_moto(objects: int, size: int) -> None:
         print(f"  wrote {objects:,} objects in {time.perf_counter() - started:.0f} s")
         sampling = cfg.sampling.model_copy(update={"size": size})
         target = load_target(cfg.target)
-        tracemalloc.start()
+        Deduplicator(DedupConfig())  # imports datasketch/scipy now, outside the measurements
+
+        started = time.perf_counter()
+        keys = (obj["Key"] for obj in iter_objects(s3, bucket, sampling.prefix))
+        _, listed, _ = fill_pool(keys, sampling, sampling.oversample)
+        listing_s = time.perf_counter() - started
+        print(f"  listing + draw alone: {listing_s:.1f} s, {listed / listing_s:,.0f} keys/s")
+
         started = time.perf_counter()
         manifest = sample_documents(s3, bucket, sampling, target)
         elapsed = time.perf_counter() - started
+        counts = manifest.counts()
+        print(
+            f"  sample_documents (list, draw, read {counts['examined']}, check, dedup): "
+            f"{elapsed:.1f} s, {counts['listed'] / elapsed:,.0f} keys listed/s"
+        )
+        tracemalloc.start()
+        sample_documents(s3, bucket, sampling, target)
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        counts = manifest.counts()
-        print(f"  sample_documents: {elapsed:.1f} s, {counts['listed'] / elapsed:,.0f} keys/s")
-        print(f"  peak Python memory {peak / 2**20:.1f} MiB (traced, so slower than untraced)")
+        print(f"  peak Python memory of that run: {peak / 2**20:.1f} MiB")
         print("  counts: " + json.dumps({k: v for k, v in counts.items() if k != "strata"}))
 
 

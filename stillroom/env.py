@@ -24,6 +24,9 @@ OFFLINE_ENV: dict[str, str] = {
     "TOKENIZERS_PARALLELISM": "false",
     # Keeps `accelerate launch` from asking for a config interactively or phoning home.
     "ACCELERATE_DISABLE_RICH": "1",
+    # The library logs through `logging` (it never imports Prefect); this routes those
+    # lines (labelling progress, budget stops) into the Prefect run's logs and UI.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "stillroom",
 }
 
 

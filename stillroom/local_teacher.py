@@ -348,7 +348,8 @@ class LocalModelTeacher:
             add_generation_prompt=True,
         )
 
-    def answer(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> LocalAnswer:
+    def generate(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> LocalAnswer:
+        """One greedy completion: its calls, and the text, form and finish reason behind them."""
         import torch
 
         prompt = self.render_prompt(messages, tools)
@@ -365,7 +366,7 @@ class LocalModelTeacher:
             )
         generated = output[0, prompt_len:].tolist()
         stopped = bool(generated) and generated[-1] in self.stop_ids
-        # Decoded with special tokens kept: <tool_call> may be registered as one.
+        # Only the stop token is cut; nothing else is skipped, so this is what the model wrote.
         text = self.tokenizer.decode(generated[:-1] if stopped else generated)
         calls, form = parse_model_calls(text)
         return LocalAnswer(
@@ -380,7 +381,7 @@ class LocalModelTeacher:
     def tool_calls(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], dict[str, int]]:
-        answer = self.answer(messages, tools)
+        answer = self.generate(messages, tools)
         usage = {
             "prompt_tokens": answer.prompt_tokens,
             "completion_tokens": answer.completion_tokens,
@@ -410,7 +411,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     teacher = LocalModelTeacher(folder, args.max_new_tokens, args.threads)
     loaded = time.monotonic()
-    answer = teacher.answer([{"role": "user", "content": args.ask}], [SAMPLE_WEATHER_TOOL])
+    answer = teacher.generate([{"role": "user", "content": args.ask}], [SAMPLE_WEATHER_TOOL])
     done = time.monotonic()
     print(json.dumps(answer.calls, indent=2, ensure_ascii=False))
     print(f"form: {answer.form}, finish: {answer.finish_reason}")

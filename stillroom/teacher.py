@@ -245,8 +245,10 @@ def retry_after_s(error: openai.APIError) -> float | None:
         return None
     for header, scale in (("retry-after-ms", 0.001), ("retry-after", 1.0)):
         value = response.headers.get(header)
+        if value is None:
+            continue
         try:
-            return float(value) * scale if value is not None else None
+            return float(value) * scale
         except ValueError:
             continue  # an HTTP date; rare, and backoff covers it
     return None

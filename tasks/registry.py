@@ -49,7 +49,9 @@ def register_task(
         # Config holds env-var *names* for secrets, never values, so it is safe to log whole.
         mlflow.log_params(flatten("", cfg.model_dump(mode="json")))
         mlflow.log_metrics(
-            numeric(student.metrics) | numeric(counts, "data.") | numeric(training, "train.")
+            numeric(student.metrics)
+            | numeric(flatten("", counts), "data.")  # incl. data.labelling.cost_usd
+            | numeric(training, "train.")
         )
         if base is not None:
             mlflow.log_metrics(numeric(base.metrics, "base."))

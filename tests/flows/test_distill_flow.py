@@ -82,6 +82,10 @@ def test_registered_version_has_computed_accuracy_and_challenger_alias(first_run
     )
     assert version.tags["dataset_hash"] == first_run["dataset"]["hash"]
     assert run.data.metrics["base.count"] == run.data.metrics["count"]  # same test set
+    # The teacher's bill and the intake counts sit beside the accuracy they bought.
+    labels = first_run["labelling"]
+    assert run.data.metrics["data.labelling.cost_usd"] == pytest.approx(labels["cost_usd"])
+    assert run.data.metrics["data.sampling.listed"] == 52
     # A 4-step tiny model cannot clear the 0.5 floor, so it must not become champion.
     assert accuracy < 0.5
     with pytest.raises(MlflowException):
