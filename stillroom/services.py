@@ -48,7 +48,9 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float =
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s")
 
 
-def start_service(name: str, argv: list[str], url: str, health_url: str, log_dir: Path) -> Service:
+def start_service(
+    name: str, argv: list[str], url: str, health_url: str, log_dir: Path, ready_s: float = 60.0
+) -> Service:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
@@ -56,7 +58,7 @@ def start_service(name: str, argv: list[str], url: str, health_url: str, log_dir
             argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
         )
     try:
-        wait_for_http(health_url, process)
+        wait_for_http(health_url, process, ready_s)
     except Exception:
         stop_service(process)
         raise
@@ -82,25 +84,27 @@ def start_moto(log_dir: Path, port: int | None = None) -> Service:
 
 
 def start_teacher(
-    replay_path: Path, log_dir: Path, port: int | None = None, faults: list[str] | None = None
+    replay_path: Path | None,
+    log_dir: Path,
+    port: int | None = None,
+    faults: list[str] | None = None,
+    local_model: str | None = None,
 ) -> Service:
-    """The local replay teacher; `faults` are `name=value` items (see teacher_server.Faults)."""
+    """The local teacher: replaying `replay_path`, or serving `local_model` (a folder, or
+    `qwen2.5-coder-0.5b`). `faults` are `name=value` items (see teacher_server.Faults)."""
     port = port or free_port()
     url = f"http://{LOOPBACK}:{port}"
-    argv = [
-        sys.executable,
-        "-m",
-        "stillroom.teacher_server",
-        "--replay",
-        str(replay_path),
-        "--host",
-        LOOPBACK,
-        "--port",
-        str(port),
-    ]
+    argv = [sys.executable, "-m", "stillroom.teacher_server", "--host", LOOPBACK]
+    argv += ["--port", str(port)]
+    if local_model:
+        argv += ["--local-model", local_model]
+    else:
+        argv += ["--replay", str(replay_path)]
     for fault in faults or []:
         argv += ["--fault", fault]
-    return start_service("teacher", argv, f"{url}/v1", f"{url}/health", log_dir)
+    # A local model is converted once (about two minutes) and loaded each start.
+    ready_s = 600.0 if local_model else 60.0
+    return start_service("teacher", argv, f"{url}/v1", f"{url}/health", log_dir, ready_s)
 
 
 def ensure_local_aws_credentials() -> None:

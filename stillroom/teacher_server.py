@@ -13,6 +13,7 @@ it was ready is counted as `abandoned`, not delivered.
 
     python -m stillroom.teacher_server --replay .stillroom/teacher/replay.jsonl --port 8765 \
         --fault latency_ms=200 --fault p_429=0.05
+    python -m stillroom.teacher_server --local-model     # Qwen2.5-Coder-0.5B, ~10 s a request
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import random
 import time
 import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,12 +59,20 @@ class Faults(BaseModel):
     seed: int = Field(0, description="Seed of the fault draws.")
 
 
+@dataclass
+class BackendAnswer:
+    calls: ToolCalls  # arguments: a dict (encoded here) or the model's own raw text
+    content: str | None = None  # what the model said instead, when it called nothing
+    prompt_tokens: int | None = None  # real counts where the backend has a tokenizer
+    completion_tokens: int | None = None
+
+
 class Backend(Protocol):
     """Where answers come from: recordings, or a local model (see `local_teacher`)."""
 
     def answer(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
-    ) -> ToolCalls | None: ...
+    ) -> BackendAnswer | None: ...
 
 
 class ReplayBackend:
@@ -75,8 +85,28 @@ class ReplayBackend:
 
     def answer(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
-    ) -> ToolCalls | None:
-        return self.recordings.get(replay_key(original_turns(messages), tools))
+    ) -> BackendAnswer | None:
+        calls = self.recordings.get(replay_key(original_turns(messages), tools))
+        return None if calls is None else BackendAnswer(calls)
+
+
+class LocalModelBackend:
+    """A small instruct model answering for real (Qwen2.5-Coder-0.5B by default): slow on a
+    CPU, but it reads the request, so it serves documents nobody recorded answers for."""
+
+    def __init__(self, teacher: Any) -> None:
+        self.teacher = teacher  # a local_teacher.LocalModelTeacher
+
+    def answer(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]
+    ) -> BackendAnswer | None:
+        generated = self.teacher.generate(messages, tools)
+        return BackendAnswer(
+            calls=generated.calls,
+            content=None if generated.calls else generated.text,
+            prompt_tokens=generated.prompt_tokens,
+            completion_tokens=generated.completion_tokens,
+        )
 
 
 def original_turns(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -92,17 +122,23 @@ def estimate_tokens(text: str) -> int:
     return max(1, len(text) // 4)
 
 
+def wire_arguments(arguments: Any) -> str:
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
 def corrupt(calls: ToolCalls, fault: str) -> list[dict[str, Any]]:
     """Wire-format tool calls, damaged the way real model output gets damaged."""
-    wire = [{"name": c["name"], "arguments": json.dumps(c["arguments"])} for c in calls]
-    if fault == "malformed":  # cut off mid-object, as when a provider hits max_tokens
+    wire = [{"name": c["name"], "arguments": wire_arguments(c["arguments"])} for c in calls]
+    if wire and fault == "malformed":  # cut off mid-object, as when a provider hits max_tokens
         wire[0]["arguments"] = wire[0]["arguments"][:-1]
-    elif fault == "schema_invalid":
+    elif wire and fault == "schema_invalid":
         wire[0]["name"] = "not_an_offered_tool"
     return wire
 
 
-def completion_body(model: str, prompt_text: str, wire_calls: list[dict[str, Any]]) -> dict:
+def completion_body(
+    model: str, prompt_text: str, wire_calls: list[dict[str, Any]], answer: BackendAnswer
+) -> dict:
     tool_calls = [
         {
             "id": f"call_{uuid.uuid4().hex[:12]}",
@@ -111,8 +147,9 @@ def completion_body(model: str, prompt_text: str, wire_calls: list[dict[str, Any
         }
         for c in wire_calls
     ]
-    prompt_tokens = estimate_tokens(prompt_text)
-    completion_tokens = estimate_tokens(json.dumps(wire_calls))
+    prompt_tokens = answer.prompt_tokens or estimate_tokens(prompt_text)
+    completion_tokens = answer.completion_tokens or estimate_tokens(json.dumps(wire_calls))
+    message = {"role": "assistant", "content": answer.content, "tool_calls": tool_calls or None}
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
@@ -121,8 +158,8 @@ def completion_body(model: str, prompt_text: str, wire_calls: list[dict[str, Any
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": None, "tool_calls": tool_calls},
-                "finish_reason": "tool_calls",
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
             }
         ],
         "usage": {
@@ -254,8 +291,8 @@ def create_app(
             status = rng.choice([500, 502, 503])
             return error_response(status, "server_error", "the teacher fell over")
         messages, tools = body.get("messages") or [], body.get("tools") or []
-        calls = await asyncio.to_thread(backend.answer, messages, tools)
-        if calls is None:
+        answer = await asyncio.to_thread(backend.answer, messages, tools)
+        if answer is None:
             stats["misses"] += 1
             return error_response(404, "not_found", "no recorded answer for this request")
         if await raw.is_disconnected():
@@ -263,9 +300,8 @@ def create_app(
             return error_response(499, "client_closed", "client went away")
         outcome = fault if fault in ("malformed", "schema_invalid", "timeout") else "ok"
         stats[outcome] += 1
-        reply = completion_body(
-            model_name, json.dumps(messages) + json.dumps(tools), corrupt(calls, outcome)
-        )
+        prompt_text = json.dumps(messages) + json.dumps(tools)
+        reply = completion_body(model_name, prompt_text, corrupt(answer.calls, outcome), answer)
         record_delivery(state, digest, reply["usage"])
         return reply
 
@@ -294,14 +330,38 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--replay", type=Path, required=True, help="recordings JSONL")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--replay", type=Path, help="recordings JSONL")
+    mode.add_argument(
+        "--local-model",
+        nargs="?",
+        const="qwen2.5-coder-0.5b",
+        help="serve a local model: an HF folder, or the packaged Qwen2.5-Coder-0.5B (default)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--model-name", default="replay-teacher")
+    parser.add_argument("--model-name", help="model name in answers (default: by mode)")
+    parser.add_argument("--max-new-tokens", type=int, default=256, help="local model only")
     parser.add_argument("--fault", action="append", default=[], help="e.g. p_5xx=0.1")
     args = parser.parse_args(argv)
-    app = create_app(ReplayBackend(args.replay), args.model_name, parse_faults(args.fault))
+    if args.replay:
+        backend, name = ReplayBackend(args.replay), "replay-teacher"
+    else:
+        backend, name = local_model_backend(args.local_model, args.max_new_tokens)
+    app = create_app(backend, args.model_name or name, parse_faults(args.fault))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+
+
+def local_model_backend(model: str, max_new_tokens: int) -> tuple[LocalModelBackend, str]:
+    from stillroom.env import apply_offline_env, state_dir
+    from stillroom.local_teacher import QWEN_CODER_NAME, LocalModelTeacher, ensure_qwen_coder
+
+    apply_offline_env()
+    if model == QWEN_CODER_NAME:
+        folder, name = ensure_qwen_coder(state_dir() / "models"), f"local-{QWEN_CODER_NAME}"
+    else:
+        folder, name = Path(model), f"local-{Path(model).name}"
+    return LocalModelBackend(LocalModelTeacher(folder, max_new_tokens)), name
 
 
 if __name__ == "__main__":
