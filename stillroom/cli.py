@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from stillroom.config import profile_parser
@@ -82,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     apply_offline_env()
+    # Progress and stop notices are log lines on stderr; results are JSON on stdout.
+    # Only ours at INFO: httpx would log every request.
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("stillroom").setLevel(logging.INFO)
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if args.command == "teacher":

@@ -7,6 +7,9 @@ hands out send times, so concurrent callers queue in order, a request larger tha
 burst still goes (it just waits its share), and token estimates can be corrected after
 the answer reports real usage. A 429's `Retry-After` pauses every caller, because the
 provider's limit is shared by all of them.
+
+No burst by default: a provider counting per minute sees at most the limit in any window,
+and spacing requests evenly costs nothing once enough callers are queued.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ class RateLimiter:
         self,
         requests_per_minute: float | None,
         tokens_per_minute: float | None,
-        burst_s: float = 1.0,
+        burst_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.requests = Pacer(requests_per_minute, burst_s) if requests_per_minute else None

@@ -206,6 +206,8 @@ class TeacherState:
         self.stats: Counter[str] = Counter()
         self.delivered: set[str] = set()
         self.seen: Counter[str] = Counter()  # times each exact request body has arrived
+        self.first_at: float | None = None  # wall-clock arrival of the first and last request
+        self.last_at: float | None = None
         self.set_faults(faults)
 
     def set_faults(self, faults: Faults) -> None:
@@ -216,6 +218,12 @@ class TeacherState:
         self.stats.clear()
         self.delivered.clear()
         self.seen.clear()
+        self.first_at = self.last_at = None
+
+    def arrived(self) -> None:
+        self.stats["requests"] += 1
+        self.last_at = time.time()
+        self.first_at = self.first_at or self.last_at
 
     def rng_for(self, digest: str) -> random.Random:
         """Draws depend on the request and its attempt number, not on arrival order, so a
@@ -255,8 +263,10 @@ def create_app(
         return {"status": "ok", "backend": type(backend).__name__}
 
     @app.get("/stats")
-    def get_stats() -> dict[str, int]:
-        return dict(state.stats)
+    def get_stats() -> dict[str, float]:
+        """Counters, plus the span of arrivals: the request rate a provider would see."""
+        span = {"first_at": state.first_at, "last_at": state.last_at} if state.first_at else {}
+        return dict(state.stats) | span
 
     @app.put("/admin/faults")
     def put_faults(new: Faults) -> dict[str, Any]:
@@ -272,7 +282,7 @@ def create_app(
     async def chat_completions(raw: Request) -> Any:
         body = await raw.json()
         stats, faults = state.stats, state.faults
-        stats["requests"] += 1
+        state.arrived()
         if state.window and (wait_s := state.window.take()):
             stats["rate_limited"] += 1
             return error_response(429, "rate_limit_exceeded", "request rate limit", wait_s)
