@@ -336,7 +336,11 @@ def scrub_content(
 
 
 def scrub_messages(messages: list[dict[str, Any]], kinds: Sequence[str]) -> Scrubbed:
-    """One document's messages scrubbed with shared numbering; only `content` is rewritten."""
+    """One document's messages scrubbed with shared numbering.
+
+    Rewritten: each message's `content`, and the arguments of earlier assistant tool calls
+    (a multi-turn log repeats the user's values there). Roles, names and ids stay.
+    """
     validate_kinds(kinds)
     scrubbed = copy.deepcopy(messages)
     replacements: dict[str, str] = {}
@@ -344,6 +348,12 @@ def scrub_messages(messages: list[dict[str, Any]], kinds: Sequence[str]) -> Scru
     for message in scrubbed:
         if "content" in message:
             message["content"] = scrub_content(message["content"], kinds, replacements, counts)
+        for call in message.get("tool_calls") or []:
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str):
+                function["arguments"] = scrub_text(
+                    function["arguments"], kinds, replacements, counts
+                )
     return Scrubbed(scrubbed, {k: n for k, n in counts.items() if n}, replacements)
 
 

@@ -49,6 +49,7 @@ from stillroom.targets import Target, document_messages, document_tools, validat
 log = logging.getLogger(__name__)
 
 CACHE_PREFIX = "teacher-cache"
+RATIONALE_INSTRUCTION = "First explain your choice in one or two sentences, then answer."
 # Worth retrying: the same request can succeed a moment later. Anything else (400, 401,
 # 404, ...) will fail the same way again and only costs time.
 RETRYABLE = (
@@ -144,9 +145,12 @@ def teacher_request(
     target: Target, messages: list[dict[str, Any]], tools: list[dict[str, Any]], cfg: TeacherConfig
 ) -> dict[str, Any]:
     """The exact chat request sent for one document; its hash is the cache key."""
+    system = target.teacher_system_prompt
+    if target.rationale:  # distilling step-by-step: the reasoning is kept as training signal
+        system += " " + RATIONALE_INSTRUCTION
     request: dict[str, Any] = {
         "model": cfg.model,
-        "messages": [{"role": "system", "content": target.teacher_system_prompt}] + messages,
+        "messages": [{"role": "system", "content": system}] + messages,
         "temperature": cfg.temperature,
         "max_tokens": cfg.max_tokens,
     }

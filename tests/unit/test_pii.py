@@ -246,3 +246,25 @@ def test_checksums() -> None:
     assert passes_iban_checksum("DE89370400440532013000")
     assert not passes_iban_checksum("DE89370400440532013001")
     assert not passes_iban_checksum("DE8937")  # too short to be any country's IBAN
+
+
+def test_earlier_tool_call_arguments_are_scrubbed_with_the_same_placeholders() -> None:
+    messages = [
+        {"role": "user", "content": "Email ana@example.org the report"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "send", "arguments": '{"to": "ana@example.org"}'},
+                }
+            ],
+        },
+    ]
+    scrubbed = scrub_messages(messages, ["email"])
+    arguments = scrubbed.messages[1]["tool_calls"][0]["function"]["arguments"]
+    assert arguments == '{"to": "<EMAIL_1>"}' and scrubbed.counts == {"email": 2}
+    assert scrubbed.messages[1]["tool_calls"][0]["id"] == "call_1"
+    assert messages[1]["tool_calls"][0]["function"]["arguments"] == '{"to": "ana@example.org"}'

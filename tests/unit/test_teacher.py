@@ -10,6 +10,7 @@ import pytest
 from stillroom.config import Price, TeacherConfig
 from stillroom.targets import load_target
 from stillroom.teacher import (
+    RATIONALE_INSTRUCTION,
     LabelResult,
     Progress,
     cache_key,
@@ -46,6 +47,15 @@ def test_tool_call_targets_force_a_tool_call() -> None:
     assert request["tool_choice"] == "required" and request["tools"] == TOOLS
     assert request["messages"][0]["role"] == "system" and request["messages"][1:] == MESSAGES
     assert "response_format" not in request
+
+
+def test_a_rationale_target_asks_for_the_reasoning() -> None:
+    plain = teacher_request(TARGET, MESSAGES, TOOLS, TeacherConfig())
+    with_rationale = TARGET.model_copy(update={"rationale": True})
+    asked = teacher_request(with_rationale, MESSAGES, TOOLS, TeacherConfig())
+    assert asked["messages"][0]["content"].endswith(RATIONALE_INSTRUCTION)
+    assert RATIONALE_INSTRUCTION not in plain["messages"][0]["content"]
+    assert cache_key(with_rationale, asked) != cache_key(TARGET, plain)
 
 
 def test_other_targets_ask_for_json_schema_structured_output() -> None:
