@@ -281,8 +281,15 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(raw: Request) -> Any:
         body = await raw.json()
-        stats, faults = state.stats, state.faults
         state.arrived()
+        state.stats["in_flight"] += 1  # a hung request still counts until it is decided
+        try:
+            return await answer_request(raw, body)
+        finally:
+            state.stats["in_flight"] -= 1
+
+    async def answer_request(raw: Request, body: dict[str, Any]) -> Any:
+        stats, faults = state.stats, state.faults
         if state.window and (wait_s := state.window.take()):
             stats["rate_limited"] += 1
             return error_response(429, "rate_limit_exceeded", "request rate limit", wait_s)
