@@ -20,16 +20,52 @@ apply_offline_env()  # before prefect/mlflow import: they read these settings on
 
 from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.flow_runs import pause_flow_run  # noqa: E402
+from prefect.input import RunInput  # noqa: E402
 
 from stillroom.config import PipelineConfig, load_config, profile_parser  # noqa: E402
 from stillroom.report import format_markdown  # noqa: E402
 from tasks.data import build_task, label_task, sample_task  # noqa: E402
-from tasks.model import evaluate_task, prepare_base_task, train_task  # noqa: E402
-from tasks.registry import register_task  # noqa: E402
+from tasks.model import (  # noqa: E402
+    evaluate_task,
+    fetch_champion_task,
+    prepare_base_task,
+    train_task,
+)
+from tasks.registry import register_task, review_task  # noqa: E402
+from tasks.report import report_task  # noqa: E402
 
 
 def new_run_id() -> str:
     return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+
+
+class ReviewDecision(RunInput):
+    """The form the Prefect UI shows a reviewer when `registry.review` is manual."""
+
+    approve: bool = False
+    comment: str = ""
+    reviewer: str = "prefect-ui"
+
+
+def await_review(cfg: PipelineConfig, registration: Any, report_markdown: str) -> str:
+    """Pause until someone approves or rejects in the Prefect UI; the report is one click
+    away as the run's `evaluation-report` artifact."""
+    decision = pause_flow_run(
+        wait_for_input=ReviewDecision.with_initial_data(
+            description=f"Promote {registration.name} v{registration.version}?\n\n"
+            + report_markdown
+        ),
+        timeout=cfg.registry.review_timeout_s,
+    )
+    review_task(cfg, registration, decision.approve, decision.comment, decision.reviewer)
+    return "approved" if decision.approve else "rejected"
+
+
+def load_test_rows(dataset_dir: Path) -> list[dict[str, str]]:
+    from datasets import load_from_disk
+
+    return load_from_disk(str(dataset_dir))["test"].to_list()
 
 
 def tokenizer_corpus(labelled: list[dict[str, Any]]) -> list[str]:
@@ -50,14 +86,46 @@ def distill(profile: str = "demo", overrides: list[str] | None = None) -> dict[s
     dataset = build_task(cfg, run_id, labels, run_dir / "dataset")
     base_dir = prepare_base_task(cfg, state_dir() / "models", tokenizer_corpus(labels.labelled))
     training = train_task(cfg, run_dir / "dataset", base_dir, run_dir / "training")
+    dataset_dir = run_dir / "dataset"
     base = (
-        evaluate_task(cfg, base_dir, run_dir / "dataset", "base")
+        evaluate_task(cfg, base_dir, dataset_dir, "base", measure_requests=False)
         if cfg.evaluation.evaluate_base
         else None
     )
-    student = evaluate_task(cfg, Path(training["merged_dir"]), run_dir / "dataset", "student")
+    student = evaluate_task(cfg, Path(training["merged_dir"]), dataset_dir, "student")
+    # Fetched before registering: registration may make this candidate the champion.
+    found = (
+        fetch_champion_task(cfg, run_dir / "champion") if cfg.evaluation.evaluate_champion else None
+    )
+    champion = evaluate_task(cfg, found[1], dataset_dir, f"champion-v{found[0]}") if found else None
     counts = {"sampling": manifest.counts(), "labelling": labels.counts()}
-    registration = register_task(cfg, run_id, counts, dataset, training, student, base)
+    registration = register_task(
+        cfg, run_id, counts, dataset, training, student, base, champion=champion
+    )
+    report = report_task(
+        cfg,
+        run_id,
+        {
+            "baseline": base,
+            "candidate": student,
+            f"champion v{found[0]}" if found else "champion": champion,
+        },
+        labels.labelled,
+        counts["labelling"]["cost_per_1k_documents_usd"],
+        load_test_rows(dataset_dir),
+        registration,
+        run_dir / "report",
+    )
+    if registration.review == "pending":
+        outcome = await_review(cfg, registration, report["markdown"])
+        registration = dataclasses.replace(
+            registration,
+            decision=f"{outcome} in review ({registration.decision})",
+            promoted=outcome == "approved",
+            aliases=sorted(
+                set(registration.aliases) | ({"champion"} if outcome == "approved" else set())
+            ),
+        )
     summary = {
         "run_id": run_id,
         "profile": cfg.profile,
@@ -66,6 +134,9 @@ def distill(profile: str = "demo", overrides: list[str] | None = None) -> dict[s
         "training": {k: v for k, v in training.items() if k != "loss_curve"},
         "student": student.metrics,
         "base": base.metrics if base else None,
+        "champion": ({"version": found[0]} | champion.metrics) if found and champion else None,
+        "comparison": report["table"],
+        "cost_ratio": report["cost_ratio"],
         "registration": dataclasses.asdict(registration),
     }
     create_markdown_artifact(

@@ -4,6 +4,14 @@
     stillroom prepare-model smollm2-135m                    # convert/cache a base model
     stillroom teacher --replay .stillroom/teacher/replay.jsonl --port 8765
     stillroom label --run-id nightly-1 --profile demo storage.endpoint_url=...  # sample + label
+    stillroom promote --version 7 --comment "misses reviewed"  # make v7 champion, recorded
+    stillroom rollback --comment "v7 escalates too often"       # back to the champion before
+    stillroom review --version 7 --decision reject --comment "..."  # review: manual
+
+`promote`, `rollback` and `review` act on the registry the config names (`--profile` and
+dotted overrides as everywhere, e.g. registry.tracking_uri=http://127.0.0.1:5000) and print
+the recorded move as JSON. Promoting a version that failed a gate is allowed, and recorded
+as an override with the gates it failed.
 
 `label` samples into `runs/<run-id>/` (or reuses the manifest already there) and labels it;
 run it again with the same run id after a crash or Ctrl-C and it resumes from the cache.
@@ -17,6 +25,8 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from stillroom.config import profile_parser
 from stillroom.env import apply_offline_env, state_dir
@@ -56,6 +66,62 @@ def label(args: argparse.Namespace) -> None:
         sys.exit(3)
 
 
+def move_champion(args: argparse.Namespace, act: Callable[[Any, str], Any]) -> None:
+    """Run one registry action and print the recorded move; refusals exit with a message."""
+    from mlflow.exceptions import MlflowException
+
+    from stillroom.config import load_config
+    from stillroom.registry import make_client
+
+    cfg = load_config(args.profile, args.overrides).registry
+    try:
+        move = act(make_client(cfg), cfg.model_name)
+    except (ValueError, MlflowException) as exc:  # no such version, nothing to roll back to
+        sys.exit(f"stillroom {args.command}: {exc}")
+    print(json.dumps(move, indent=2))
+
+
+def promote(args: argparse.Namespace) -> None:
+    from stillroom.registry import promote_version
+
+    move_champion(
+        args, lambda client, name: promote_version(client, name, args.version, args.comment)
+    )
+
+
+def rollback(args: argparse.Namespace) -> None:
+    from stillroom.registry import rollback_champion
+
+    move_champion(args, lambda client, name: rollback_champion(client, name, args.comment))
+
+
+def review(args: argparse.Namespace) -> None:
+    from stillroom.registry import record_review
+
+    def act(client: Any, name: str) -> Any:
+        move = record_review(client, name, args.version, args.decision, args.comment)
+        return move or {"action": "reject", "version": args.version, "comment": args.comment}
+
+    move_champion(args, act)
+
+
+def add_registry_commands(commands: Any) -> None:
+    def add(name: str, help_text: str, handler: Any, version: bool) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name, help=help_text, parents=[profile_parser("", "demo")], add_help=False
+        )
+        if version:
+            sub.add_argument("--version", required=True, help="registered model version")
+        sub.add_argument("--comment", default="", help="why, kept in the history")
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("promote", "make a version champion (a human override if it failed a gate)", promote, True)
+    add("rollback", "move champion back to the previous champion", rollback, False)
+    reviewing = add("review", "approve or reject a version awaiting review", review, True)
+    reviewing.add_argument("--decision", required=True, choices=["approve", "reject"])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stillroom", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -77,6 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     labelling.add_argument("--run-id", required=True, help="outputs go to runs/<run-id>/")
     labelling.set_defaults(handler=label)
+    add_registry_commands(commands)
     commands.add_parser("teacher", help="run the local replay teacher", add_help=False)
     return parser
 

@@ -207,7 +207,12 @@ class TrainingConfig(Section):
 
 class EvalConfig(Section):
     max_new_tokens: int = Field(
-        160, description="Generation cap per answer; the longest parallel calls need ~180."
+        160,
+        description="Upper bound of the generation cap; the cap itself is fitted to the "
+        "longest teacher answer in the train split, times `answer_headroom`.",
+    )
+    answer_headroom: float = Field(
+        1.25, description="Generation cap = longest training answer (tokens) x this."
     )
     batch_size: int = Field(
         32,
@@ -216,6 +221,16 @@ class EvalConfig(Section):
     evaluate_base: bool = Field(
         True, description="Also score the untrained base model on the same test set."
     )
+    evaluate_champion: bool = Field(
+        True, description="Also score the current champion on the same test set."
+    )
+    latency_samples: int = Field(
+        8, description="Requests timed one at a time for the p50/p95 latency figures."
+    )
+    student_price_per_hour_usd: float = Field(
+        0.10, description="What a machine serving the student costs per hour (CPU instance)."
+    )
+    worst_examples: int = Field(10, description="Misses listed in the evaluation report.")
 
 
 class RegistryConfig(Section):
@@ -225,7 +240,28 @@ class RegistryConfig(Section):
     experiment: str = Field("stillroom-distill", description="MLflow experiment name.")
     model_name: str = Field("bfcl-tool-call-student", description="Registered model name.")
     min_accuracy: float = Field(
-        0.5, description="Champion gate: held-out accuracy a challenger must reach."
+        0.5,
+        description="Gate: the candidate's primary metric (agreement with the teacher on the "
+        "held-out test set) must reach this.",
+    )
+    min_margin: float = Field(
+        0.0,
+        description="Gate: gain of the primary metric over the champion, both scored on this "
+        "run's test set, must be at least this. Exactly the margin passes: at 0.0 a tie goes "
+        "to the newer model, trained on fresher data.",
+    )
+    max_latency_ms: float | None = Field(
+        None,
+        description="Gate: p95 latency per request (metric `latency_p95_ms`) must not exceed "
+        "this; a candidate without the metric fails. None: no latency gate.",
+    )
+    review: Literal["auto", "manual"] = Field(
+        "auto",
+        description="auto: passing every gate makes a candidate champion. manual: a person "
+        "approves or rejects it (`stillroom review`); the gates still block automatic moves.",
+    )
+    review_timeout_s: int = Field(
+        86_400, description="review=manual: how long a run waits paused for a decision."
     )
 
 

@@ -65,6 +65,32 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{base['accuracy']:.3f} (valid JSON {base['validity_rate']:.3f})",
             )
         )
+    champion = summary.get("champion")
+    if champion:
+        rows.append(
+            (
+                f"champion v{champion['version']} accuracy",
+                f"{champion['accuracy']:.3f} (valid JSON {champion['validity_rate']:.3f})",
+            )
+        )
+    if "latency_p50_ms" in student:
+        rows.append(
+            (
+                "student latency",
+                f"p50 {student['latency_p50_ms']:.0f} ms, p95 {student['latency_p95_ms']:.0f} ms"
+                " (one request at a time)",
+            )
+        )
+    if summary.get("comparison"):
+        teacher = next(r for r in summary["comparison"] if r["model"] == "teacher")
+        ratio = summary.get("cost_ratio")
+        rows.append(
+            (
+                "cost per 1k requests",
+                f"student {money(student.get('cost_per_1k_usd'))} vs teacher "
+                f"{money(teacher.get('cost_per_1k_usd'))}" + (f" (1/{ratio:.0f})" if ratio else ""),
+            )
+        )
     rows += [
         ("student ms/example", f"{student['ms_per_example']:.0f}"),
         ("registered model", f"{reg['name']} v{reg['version']} aliases={','.join(reg['aliases'])}"),

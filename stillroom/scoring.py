@@ -37,26 +37,46 @@ def load_metric(path: str | Path) -> evaluate.EvaluationModule:
 
 
 def score_predictions(
-    metric_path: str | Path, predictions: Sequence[str], references: Sequence[str]
-) -> dict[str, float]:
-    """The metric's aggregate scores for generated texts against reference answers."""
+    metric_path: str | Path,
+    predictions: Sequence[str],
+    references: Sequence[str],
+    **metric_kwargs: Any,
+) -> dict[str, Any]:
+    """The metric's aggregate scores for generated texts against reference answers.
+
+    `metric_kwargs` go to the metric as they are: `tools` for tool_call, `schema` for
+    extract, `labels` for classify (see each module's docstring).
+    """
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
     metric = load_metric(metric_path)
-    scores = metric.compute(predictions=list(predictions), references=list(references))
+    scores = metric.compute(
+        predictions=list(predictions), references=list(references), **metric_kwargs
+    )
     return dict(scores or {})
 
 
 def example_rows(
-    ids: Sequence[str], predictions: Sequence[str], references: Sequence[str]
+    ids: Sequence[str],
+    predictions: Sequence[str],
+    references: Sequence[str],
+    tools: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per example for an evaluation table: the texts and how each was judged."""
+    """One row per example for an evaluation table: the texts and how each tool call was judged.
+
+    `tools` (per example, as for the tool_call metric) lets schema defaults count, so the rows
+    agree with the aggregate scores when the metric was given them too.
+    """
     if not len(ids) == len(predictions) == len(references):
         raise ValueError(
             f"{len(ids)} ids, {len(predictions)} predictions, {len(references)} references"
         )
+    if tools is None:
+        tools = [None] * len(ids)
     return [
         {"id": id_, "prediction": prediction, "reference": reference}
-        | judge_prediction(prediction, reference)
-        for id_, prediction, reference in zip(ids, predictions, references, strict=True)
+        | judge_prediction(prediction, reference, row_tools)
+        for id_, prediction, reference, row_tools in zip(
+            ids, predictions, references, tools, strict=True
+        )
     ]

@@ -1,6 +1,6 @@
-"""Local stand-ins for production services: a moto S3 server and the replay teacher.
+"""Local stand-ins for production services: a moto S3 server, the replay teacher, MLflow.
 
-Both are real HTTP servers on 127.0.0.1 started as subprocesses, so boto3 and the openai
+All are real HTTP servers on 127.0.0.1 started as subprocesses, so boto3 and the openai
 SDK talk to them exactly as to AWS and a provider. They are stopped by PID (terminate, then
 kill): some servers ignore SIGTERM and would otherwise outlive the demo.
 """
@@ -17,6 +17,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from stillroom.env import state_dir
 
 LOOPBACK = "127.0.0.1"
 
@@ -105,6 +107,40 @@ def start_teacher(
     # A local model is converted once (about two minutes) and loaded each start.
     ready_s = 600.0 if local_model else 60.0
     return start_service("teacher", argv, f"{url}/v1", f"{url}/health", log_dir, ready_s)
+
+
+def start_mlflow(
+    log_dir: Path,
+    port: int | None = None,
+    backend_uri: str | None = None,
+    artifact_root: str | Path | None = None,
+) -> Service:
+    """A real MLflow tracking and registry server, met over HTTP as in production.
+
+    By default it serves the local store the pipeline writes (sqlite and artifacts in the
+    state folder), so the UI shows what the flows registered. Artifacts go through the
+    server (`--artifacts-destination`): clients upload over HTTP and never need its disk.
+    One worker and no job runner: each uvicorn worker holds ~250 MB here, and the default
+    four plus the job consumer come to about 1.4 GB that a local registry never uses.
+    """
+    port = port or free_port()
+    url = f"http://{LOOPBACK}:{port}"
+    store = state_dir() / "mlflow"
+    if backend_uri is None:
+        store.mkdir(parents=True, exist_ok=True)
+        backend_uri = f"sqlite:///{store / 'mlflow.db'}"
+    destination = store / "artifacts" if artifact_root is None else artifact_root
+    if isinstance(destination, Path):  # else a URI such as s3://bucket/mlflow
+        destination.mkdir(parents=True, exist_ok=True)
+        destination = destination.as_uri()
+    # Job execution is only an env switch and start_service passes our environment as is;
+    # `env` execs in place, so the PID stop_service signals is still mlflow's launcher, which
+    # forwards SIGTERM to its uvicorn worker and waits for it.
+    argv = ["env", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false", sys.executable, "-m", "mlflow"]
+    argv += ["server", "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
+    argv += ["--backend-store-uri", backend_uri, "--artifacts-destination", destination]
+    # Creating the tables of a fresh sqlite store takes ~10 s on two cores.
+    return start_service("mlflow", argv, url, f"{url}/health", log_dir, ready_s=120.0)
 
 
 def ensure_local_aws_credentials() -> None:

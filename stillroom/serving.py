@@ -35,3 +35,29 @@ class StudentModel(mlflow.pyfunc.PythonModel):
             self.settings["batch_size"],
         )
         return [json.dumps(parse_tool_calls_text(text)) for text in generations.texts]
+
+
+def fetch_model_dir(model_uri: str, dest: Path) -> Path:
+    """Download a registered student (e.g. `models:/name@champion`) and return its HF folder.
+
+    The folder is the pyfunc's `model_dir` artifact; its place inside the download is read
+    from the MLmodel file rather than assumed.
+    """
+    import mlflow.artifacts
+    import yaml
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    mlmodel = yaml.safe_load((local / "MLmodel").read_text())
+    relative = mlmodel["flavors"]["python_function"]["artifacts"]["model_dir"]["path"]
+    return local / relative
+
+
+def fetch_champion(client: Any, name: str, dest: Path) -> tuple[str, Path] | None:
+    """(version, model folder) of what serves now, or None before anything was promoted."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        version = client.get_model_version_by_alias(name, "champion")
+    except MlflowException:
+        return None
+    return str(version.version), fetch_model_dir(f"models:/{name}/{version.version}", dest)

@@ -4,6 +4,10 @@ The student is trained on `render_tool_calls` output and evaluated on whatever i
 so parsing is lenient about the text around the answer (chatter, code fences, trailing
 repetition) but strict about the answer itself: a truncated or malformed list is invalid,
 never repaired into a shorter answer that might happen to match.
+
+"No call" is the empty list `[]`, as a reference (the teacher called nothing) and as a
+prediction alike; only `[]` matches it. Text without any JSON answer stays invalid rather than
+reading as "no call", or every truncated generation would pass for one.
 """
 
 from __future__ import annotations
@@ -110,9 +114,78 @@ def call_key(call: dict[str, Any]) -> tuple[str, str]:
     return call["name"], json.dumps(arguments, sort_keys=True, ensure_ascii=False)
 
 
-def calls_match(predicted: list[dict[str, Any]], reference: list[dict[str, Any]]) -> bool:
-    """Same calls with equal normalised arguments; parallel order is free, the count is not."""
+def calls_match(
+    predicted: list[dict[str, Any]],
+    reference: list[dict[str, Any]],
+    defaults: dict[str, dict[str, str]] | None = None,
+) -> bool:
+    """Same calls with equal normalised arguments; parallel order is free, the count is not.
+
+    With `defaults` (see `optional_defaults`), an optional argument set to its schema default
+    counts the same as one left out, on either side.
+    """
+    if defaults:
+        predicted = [drop_default_arguments(call, defaults) for call in predicted]
+        reference = [drop_default_arguments(call, defaults) for call in reference]
     return Counter(map(call_key, predicted)) == Counter(map(call_key, reference))
+
+
+def value_key(value: Any) -> str:
+    """A normalised value as JSON, so True and 1 stay apart (see `call_key`)."""
+    return json.dumps(normalize_value(value), sort_keys=True, ensure_ascii=False)
+
+
+def parse_tools(tools: str | list[Any] | None) -> list[dict[str, Any]]:
+    """One row's tool schemas, given as a JSON string or a list of tools (objects or JSON).
+
+    Raises ValueError when they don't parse: like references, they come from the pipeline,
+    so a bad one is a bug to surface, not something to score around.
+    """
+    if tools is None:
+        return []
+    try:
+        items = json.loads(tools) if isinstance(tools, str) else tools
+        if isinstance(items, dict):  # a single tool
+            items = [items]
+        parsed = [json.loads(item) if isinstance(item, str) else item for item in items]
+    except (json.JSONDecodeError, TypeError):
+        parsed = None
+    if not isinstance(parsed, list) or not all(isinstance(tool, dict) for tool in parsed):
+        raise ValueError(f"tools are not a list of tool schemas: {tools!r:.200}")
+    return parsed
+
+
+def optional_defaults(tools: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Per tool name, the `value_key` of each optional parameter's schema `default`.
+
+    Only parameters outside `required` count: a required argument left out is a wrong call
+    whatever its schema says. Takes OpenAI tools (`{"type": "function", "function": {...}}`)
+    or bare function schemas; only top-level parameters are looked at.
+    """
+    defaults = {}
+    for tool in tools:
+        function = tool.get("function", tool)
+        parameters = function.get("parameters") or {}
+        required = set(parameters.get("required") or [])
+        defaults[function.get("name")] = {
+            name: value_key(spec["default"])
+            for name, spec in (parameters.get("properties") or {}).items()
+            if isinstance(spec, dict) and "default" in spec and name not in required
+        }
+    return defaults
+
+
+def drop_default_arguments(
+    call: dict[str, Any], defaults: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """The call without the optional arguments that merely restate their schema default."""
+    tool_defaults = defaults.get(call["name"]) or {}
+    arguments = {
+        name: value
+        for name, value in (call.get("arguments") or {}).items()
+        if name not in tool_defaults or value_key(value) != tool_defaults[name]
+    }
+    return {"name": call["name"], "arguments": arguments}
 
 
 def name_match(predicted: list[dict[str, Any]], reference: list[dict[str, Any]]) -> bool:
@@ -122,20 +195,25 @@ def name_match(predicted: list[dict[str, Any]], reference: list[dict[str, Any]])
     )
 
 
-def judge_prediction(prediction: str, reference: str) -> dict[str, bool]:
+def judge_prediction(
+    prediction: str, reference: str, tools: str | list[Any] | None = None
+) -> dict[str, bool]:
     """Whether one generated text parses, calls the right functions, and matches exactly.
 
-    Raises ValueError for a reference that is not a JSON list of calls: references are
-    validated teacher answers, so a bad one is a pipeline bug, not a wrong prediction.
+    `tools` are the row's tool schemas (see `parse_tools`); with them, optional arguments at
+    their schema default may be left out or spelled out (see `calls_match`). Raises
+    ValueError for a reference that is not a JSON list of calls: references are validated
+    teacher answers, so a bad one is a pipeline bug, not a wrong prediction.
     """
     expected = parse_tool_calls_json(reference)
     if expected is None:
         raise ValueError(f"reference is not a JSON list of tool calls: {reference!r}")
+    defaults = optional_defaults(parse_tools(tools))
     predicted = parse_tool_calls_text(prediction)
     if predicted is None:
         return {"valid": False, "name_match": False, "exact_match": False}
     return {
         "valid": True,
         "name_match": name_match(predicted, expected),
-        "exact_match": calls_match(predicted, expected),
+        "exact_match": calls_match(predicted, expected, defaults),
     }

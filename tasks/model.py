@@ -49,14 +49,38 @@ def train_task(
     return metrics
 
 
+@task(name="fetch-champion", cache_policy=NO_CACHE)
+def fetch_champion_task(cfg: PipelineConfig, dest: Path) -> tuple[str, Path] | None:
+    """The serving champion's model, so it is scored on this run's test set too."""
+    from stillroom.registry import configure
+    from stillroom.serving import fetch_champion
+
+    found = fetch_champion(configure(cfg.registry), cfg.registry.model_name, dest)
+    get_run_logger().info("champion: %s", f"v{found[0]}" if found else "none yet")
+    return found
+
+
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(
-    cfg: PipelineConfig, model_dir: Path, dataset_dir: Path, label: str
+    cfg: PipelineConfig,
+    model_dir: Path,
+    dataset_dir: Path,
+    label: str,
+    measure_requests: bool = True,
 ) -> EvalReport:
     from datasets import load_from_disk
 
-    test_rows = load_from_disk(str(dataset_dir))["test"].to_list()
-    report = evaluate_model(model_dir, test_rows, load_target(cfg.target), cfg.evaluation)
+    dataset = load_from_disk(str(dataset_dir))
+    test_rows = dataset["test"].to_list()
+    target = load_target(cfg.target)
+    report = evaluate_model(
+        model_dir,
+        test_rows,
+        target,
+        cfg.evaluation,
+        measure_requests,
+        train_answers=dataset["train"]["answer"],
+    )
     get_run_logger().info("%s on held-out test: %s", label, json.dumps(report.metrics))
     create_table_artifact(
         key=f"eval-{label}",

@@ -12,7 +12,16 @@ from prefect.cache_policies import NO_CACHE
 
 from stillroom.config import PipelineConfig
 from stillroom.evaluation import EvalReport
-from stillroom.registry import Registration, configure, log_student_model, register_candidate
+from stillroom.registry import (
+    Candidate,
+    Lineage,
+    Registration,
+    code_version,
+    config_hash,
+    configure,
+    log_student_model,
+    register_candidate,
+)
 from stillroom.targets import load_target
 
 
@@ -42,7 +51,11 @@ def register_task(
     training: dict[str, Any],
     student: EvalReport,
     base: EvalReport | None,
+    champion: EvalReport | None = None,
 ) -> Registration:
+    """`champion` is the current champion scored on this run's test set: the only figure
+    the margin gate compares with (without it, the champion's own registered score counts
+    only if it came from the same dataset)."""
     target = load_target(cfg.target)
     client = configure(cfg.registry)
     with mlflow.start_run(run_name=f"distill-{run_id}"):
@@ -55,6 +68,8 @@ def register_task(
         )
         if base is not None:
             mlflow.log_metrics(numeric(base.metrics, "base."))
+        if champion is not None:
+            mlflow.log_metrics(numeric(champion.metrics, "champion."))
         for point in training["loss_curve"]:
             mlflow.log_metric("train.loss_curve", point["loss"], step=point["step"])
         test_df = pd.DataFrame(student.rows)
@@ -66,23 +81,33 @@ def register_task(
         example = pd.DataFrame([{"messages": "[]", "tools": "[]"}])
         settings = {
             "system_prompt": target.student_system_prompt,
-            "max_new_tokens": cfg.evaluation.max_new_tokens,
+            # What the candidate was evaluated with, fitted to its training answers.
+            "max_new_tokens": student.metrics.get("max_new_tokens", cfg.evaluation.max_new_tokens),
             "batch_size": cfg.evaluation.batch_size,
         }
         logged = log_student_model(Path(training["merged_dir"]), settings, example)
-        tags = {
-            "target": target.name,
-            "prompt_version": target.prompt_version,
-            "dataset_hash": dataset["hash"],
-            "base_model": cfg.student.base_model,
-            "teacher_model": cfg.teacher.model,
-            "pipeline_run": run_id,
-            "training_mode": training["mode"],
-        }
-        mlflow.set_tags(tags)
-        registration = register_candidate(
-            client, cfg.registry, logged.model_uri, target.metric.primary, student.metrics, tags
+        lineage = Lineage(
+            target=target.name,
+            prompt_version=target.prompt_version,
+            dataset_hash=dataset["hash"],
+            teacher_model=cfg.teacher.model,
+            base_model=cfg.student.base_model,
+            training_config_hash=config_hash(cfg.training),
+            code_version=code_version(),
+            pipeline_run=run_id,
+            training_mode=training["mode"],
         )
+        mlflow.set_tags(lineage.tags())
+        candidate = Candidate(
+            model_uri=logged.model_uri,
+            primary=target.metric.primary,
+            metrics=student.metrics,
+            lineage=lineage,
+            dataset_sizes=dataset.get("sizes", {}),
+            base_metrics=base.metrics if base else None,
+            champion_metrics=champion.metrics if champion else None,
+        )
+        registration = register_candidate(client, cfg.registry, candidate)
     get_run_logger().info(
         "registered %s v%s %s: %s",
         registration.name,
@@ -91,3 +116,28 @@ def register_task(
         registration.decision,
     )
     return registration
+
+
+@task(name="record-review", cache_policy=NO_CACHE)
+def review_task(
+    cfg: PipelineConfig, registration: Registration, approve: bool, comment: str, by: str
+) -> dict[str, Any] | None:
+    """A reviewer's decision from the Prefect UI, recorded on the version (and applied)."""
+    from stillroom.registry import record_review
+
+    move = record_review(
+        configure(cfg.registry),
+        registration.name,
+        registration.version,
+        "approve" if approve else "reject",
+        comment,
+        by=by,
+    )
+    get_run_logger().info(
+        "review of %s v%s: %s%s",
+        registration.name,
+        registration.version,
+        "approved" if approve else "rejected",
+        f" ({comment})" if comment else "",
+    )
+    return move

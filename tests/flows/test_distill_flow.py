@@ -3,6 +3,8 @@ services (moto S3, replay teacher), a real trainer subprocess and a real MLflow 
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +100,61 @@ def test_champion_moves_only_through_the_gate(first_run: dict) -> None:
     assert int(reg["version"]) == int(first_run["registration"]["version"]) + 1
     champion = client().get_model_version_by_alias(reg["name"], "champion")
     assert str(champion.version) == reg["version"] and "promoted" in champion.tags["promotion"]
+
+
+def paused_flow_run_id(timeout_s: float = 600) -> object:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    paused = FlowRunFilter(
+        state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED]))
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as prefect:
+            runs = prefect.read_flow_runs(flow_run_filter=paused)
+        if runs:
+            return runs[0].id
+        time.sleep(1)
+    raise TimeoutError("the flow never paused for review")
+
+
+def test_manual_review_pauses_scores_the_champion_and_records_the_verdict(
+    first_run: dict,
+) -> None:
+    from prefect.flow_runs import resume_flow_run
+
+    champion_before = client().get_model_version_by_alias(
+        first_run["registration"]["name"], "champion"
+    )
+    outcome: dict = {}
+    worker = threading.Thread(
+        target=lambda: outcome.update(
+            run_demo("smoke", ["registry.min_accuracy=0.0", "registry.review=manual"])
+        )
+    )
+    worker.start()
+    resume_flow_run(
+        paused_flow_run_id(),
+        run_input={"approve": False, "comment": "needs more data", "reviewer": "pytest"},
+    )
+    worker.join(timeout=600)
+    reg = outcome["registration"]
+    version = client().get_model_version(reg["name"], reg["version"])
+    assert version.tags["review.status"] == "rejected" and version.tags["review.by"] == "pytest"
+    assert "champion" not in reg["aliases"] and reg["decision"].startswith("rejected in review")
+    champion_after = client().get_model_version_by_alias(reg["name"], "champion")
+    assert champion_after.version == champion_before.version
+    # The champion was scored on this run's test set, beside baseline and candidate.
+    assert outcome["champion"]["version"] == str(champion_before.version)
+    assert outcome["champion"]["count"] == outcome["student"]["count"]
+    models = [row["model"] for row in outcome["comparison"]]
+    assert models == ["baseline", "candidate", f"champion v{champion_before.version}", "teacher"]
+    assert version.tags["vs_champion.version"] == str(champion_before.version)
+    artifacts = {a.path for a in client().list_artifacts(version.run_id, "report")}
+    assert {"report/report.md", "report/report.html", "report/per_tool.png"} <= artifacts
