@@ -73,6 +73,8 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
                 f"{champion['accuracy']:.3f} (valid JSON {champion['validity_rate']:.3f})",
             )
         )
+    elif "champion" in summary:
+        rows.append(("champion accuracy", "no champion yet"))
     if "latency_p50_ms" in student:
         rows.append(
             (

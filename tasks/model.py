@@ -49,6 +49,11 @@ def train_task(
     return metrics
 
 
+def scalars(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures; per-tool tables go to the report, not the log line."""
+    return {k: v for k, v in metrics.items() if not isinstance(v, dict | list)}
+
+
 @task(name="fetch-champion", cache_policy=NO_CACHE)
 def fetch_champion_task(cfg: PipelineConfig, dest: Path) -> tuple[str, Path] | None:
     """The serving champion's model, so it is scored on this run's test set too."""
@@ -81,7 +86,7 @@ def evaluate_task(
         measure_requests,
         train_answers=dataset["train"]["answer"],
     )
-    get_run_logger().info("%s on held-out test: %s", label, json.dumps(report.metrics))
+    get_run_logger().info("%s on held-out test: %s", label, json.dumps(scalars(report.metrics)))
     create_table_artifact(
         key=f"eval-{label}",
         table=report.rows[:50],
