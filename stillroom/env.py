@@ -27,6 +27,8 @@ OFFLINE_ENV: dict[str, str] = {
     # The library logs through `logging` (it never imports Prefect); this routes those
     # lines (labelling progress, budget stops) into the Prefect run's logs and UI.
     "PREFECT_LOGGING_EXTRA_LOGGERS": "stillroom",
+    # ... and outside a flow run (the `stillroom label` command) they stay local, quietly.
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 
