@@ -1,0 +1,64 @@
+"""prefect.yaml: every deployment points at a real flow, with parameters that flow accepts,
+on a work pool the infra runs, and with schedules Prefect can parse."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from prefect.client.schemas.schedules import CronSchedule
+
+from stillroom.config import load_config
+from stillroom.env import project_root
+
+SPEC = yaml.safe_load((project_root() / "prefect.yaml").read_text())
+DEPLOYMENTS = {d["name"]: d for d in SPEC["deployments"]}
+
+
+def load_flow(entrypoint: str):
+    from prefect.flows import load_flow_from_entrypoint
+
+    path, name = entrypoint.split(":")
+    return load_flow_from_entrypoint(f"{project_root() / path}:{name}")
+
+
+@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+def test_entrypoint_is_a_flow_that_accepts_the_parameters(name: str) -> None:
+    deployment = DEPLOYMENTS[name]
+    flow = load_flow(deployment["entrypoint"])
+    flow.validate_parameters(deployment["parameters"])  # raises on unknown or mistyped ones
+    params = deployment["parameters"]
+    cfg = load_config(params["profile"], params["overrides"])  # the config they build is valid
+    assert cfg.registry.tracking_uri == "http://mlflow:5000"
+
+
+def test_pools_are_the_ones_the_infra_runs() -> None:
+    compose = yaml.safe_load((project_root() / "infra/compose/docker-compose.yml").read_text())
+    commands = " ".join(
+        " ".join(s.get("command") or [])
+        if isinstance(s.get("command"), list)
+        else str(s.get("command"))
+        for s in compose["services"].values()
+    )
+    for deployment in DEPLOYMENTS.values():
+        assert f"--pool {deployment['work_pool']['name']}" in commands
+
+
+def test_nightly_schedule_parses_and_uses_the_gpu_profile() -> None:
+    nightly = DEPLOYMENTS["nightly-retrain"]
+    (schedule,) = nightly["schedules"]
+    CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
+    assert nightly["parameters"]["profile"] == "gpu" and nightly["work_pool"]["name"] == "gpu"
+
+
+def test_code_is_pulled_from_where_the_images_put_it() -> None:
+    (step,) = SPEC["pull"]
+    directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
+    for image in ("cpu", "gpu"):
+        dockerfile = (project_root() / f"infra/docker/Dockerfile.{image}").read_text()
+        assert f"WORKDIR {directory}" in dockerfile
+        # `prefect deploy --all` inside a worker container reads the file from there.
+        assert any(
+            line.startswith("COPY ") and "prefect.yaml" in line.split()
+            for line in dockerfile.splitlines()
+        )
+    assert Path(project_root() / "flows/distill.py").exists()
