@@ -81,12 +81,12 @@ def distill(profile: str = "demo", overrides: list[str] | None = None) -> dict[s
     cfg: PipelineConfig = load_config(profile, overrides)
     run_id = new_run_id()
     run_dir = state_dir() / "runs" / run_id
+    dataset_dir = run_dir / "dataset"
     manifest = sample_task(cfg, run_id)
     labels = label_task(cfg, run_id, manifest)
-    dataset = build_task(cfg, run_id, labels, run_dir / "dataset")
+    dataset = build_task(cfg, run_id, labels, dataset_dir)
     base_dir = prepare_base_task(cfg, state_dir() / "models", tokenizer_corpus(labels.labelled))
-    training = train_task(cfg, run_dir / "dataset", base_dir, run_dir / "training")
-    dataset_dir = run_dir / "dataset"
+    training = train_task(cfg, dataset_dir, base_dir, run_dir / "training")
     base = (
         evaluate_task(cfg, base_dir, dataset_dir, "base", measure_requests=False)
         if cfg.evaluation.evaluate_base

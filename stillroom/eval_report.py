@@ -8,8 +8,6 @@ MLflow as artifacts and shown in the Prefect UI as a markdown artifact.
 from __future__ import annotations
 
 import html
-import json
-from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +67,6 @@ def comparison_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join([header, rule, *body])
 
 
-def per_tool_accuracy(report: EvalReport) -> dict[str, tuple[int, float]]:
-    """Exact-match accuracy by the function(s) the teacher called: where the student fails."""
-    hits: dict[str, list[bool]] = defaultdict(list)
-    for row in report.rows:
-        names = {call["name"] for call in json.loads(row["reference"])} or {"<no call>"}
-        for name in names:
-            hits[name].append(bool(row["exact_match"]))
-    return {name: (len(v), sum(v) / len(v)) for name, v in sorted(hits.items())}
-
-
 def worst_markdown(examples: list[dict[str, Any]]) -> str:
     if not examples:
         return "No misses."
@@ -115,12 +103,13 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path) -> None:
     save(fig, path)
 
 
-def plot_per_tool(report: EvalReport, path: Path, top: int = 25) -> None:
-    """The most frequent tools in the test set, with the student's accuracy on each."""
+def plot_per_tool(per_tool: dict[str, dict[str, float]], path: Path, top: int = 25) -> None:
+    """The most frequent tools in the test set, with the student's accuracy on each (the
+    tool_call metric's `per_tool` figures)."""
     plt = pyplot()
-    tools = sorted(per_tool_accuracy(report).items(), key=lambda kv: -kv[1][0])[:top]
+    tools = sorted(per_tool.items(), key=lambda kv: -kv[1]["count"])[:top]
     fig, ax = plt.subplots(figsize=(7, max(2.5, 0.25 * len(tools))))
-    ax.barh([f"{name} ({n})" for name, (n, _) in tools], [acc for _, (_, acc) in tools])
+    ax.barh([f"{name} ({int(v['count'])})" for name, v in tools], [v["accuracy"] for _, v in tools])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("exact match (test examples per tool in brackets)")
@@ -169,8 +158,9 @@ def write_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = comparison_rows(models, teacher)
     plots = {"comparison.png": lambda p: plot_comparison(rows, p)}
-    if models.get("candidate") is not None:
-        plots["per_tool.png"] = lambda p: plot_per_tool(models["candidate"], p)
+    candidate = models.get("candidate")
+    if candidate is not None and candidate.metrics.get("per_tool"):
+        plots["per_tool.png"] = lambda p: plot_per_tool(candidate.metrics["per_tool"], p)
     plots["latency.png"] = lambda p: plot_latency(models, p)
     for name, draw in plots.items():
         draw(out_dir / name)

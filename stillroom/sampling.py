@@ -227,11 +227,13 @@ def fill_pool(
     stratum_of = key_stratum(cfg.stratify)
     pool = Pool(lambda s: math.ceil(quota(cfg, s) * oversample) + cfg.read_workers)
     listed, by_stratum = 0, Counter()
+    by_key = cfg.stratify is not None and cfg.stratify.by == "key"
     for key in keys:
         stratum = stratum_of(key)
         pool.offer(stratum, priority(cfg.seed, key), key)
         listed += 1
-        by_stratum[stratum] += 1
+        if by_key:  # per-key work on a listing of millions: only when it is used
+            by_stratum[stratum] += 1
     return pool, listed, by_stratum
 
 
@@ -284,9 +286,10 @@ class Examiner:
             tokens = estimated_prompt_tokens(document, self.target, self.cfg.chars_per_token)
             if tokens > self.cfg.max_prompt_tokens:
                 reason = "too_long"
-        if document is None or reason:
-            self.rejects.append({"key": key, "reason": reason or "unknown"})
+        if reason:
+            self.rejects.append({"key": key, "reason": reason})
             return
+        assert document is not None  # reject_reason returns a reason or the document
         stratum = stratum or self.field_stratum(document)
         if self.stratum_full(stratum):
             self.over_quota += 1
@@ -347,8 +350,7 @@ def sample_documents(s3: Any, bucket: str, cfg: SamplingConfig, target: Target) 
     manifest.rejects = sorted(examiner.rejects, key=lambda r: r["key"])
     manifest.examined = len(examiner.seen)
     manifest.over_quota = examiner.over_quota
-    if cfg.stratify and cfg.stratify.by == "key":
-        manifest.listed_by_stratum = dict(sorted(by_stratum.items()))
+    manifest.listed_by_stratum = dict(sorted(by_stratum.items()))  # empty unless by key
     check_counts(manifest)
     return manifest
 

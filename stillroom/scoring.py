@@ -19,6 +19,22 @@ if TYPE_CHECKING:
     import evaluate
 
 
+def text_metric_info(
+    description: str, citation: str, inputs_description: str
+) -> evaluate.MetricInfo:
+    """What every metric module here declares: generated texts against reference texts."""
+    import datasets
+    import evaluate
+
+    features = {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
+    return evaluate.MetricInfo(
+        description=description,
+        citation=citation,
+        inputs_description=inputs_description,
+        features=datasets.Features(features),
+    )
+
+
 def load_metric(path: str | Path) -> evaluate.EvaluationModule:
     """The metric module in folder `path` (relative to the repo root unless absolute).
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from stillroom.config import EvalConfig
-from stillroom.eval_report import comparison_rows, cost_ratio, per_tool_accuracy, write_report
+from stillroom.eval_report import comparison_rows, cost_ratio, write_report
 from stillroom.evaluation import (
     EvalReport,
     percentile,
@@ -34,6 +34,12 @@ def row(id_: str, reference: str, prediction: str, valid: bool, name: bool, exac
 CANDIDATE = EvalReport(
     model_dir="m",
     metrics={"accuracy": 0.5, "validity_rate": 0.75, "name_accuracy": 0.75}
+    | {
+        "per_tool": {
+            "weather": {"count": 2, "accuracy": 0.5},
+            "stocks": {"count": 2, "accuracy": 0.5},
+        }
+    }
     | serving_figures(400.0, [300.0, 320.0, 900.0, 310.0], EvalConfig()),
     rows=[
         row("a", call("weather", city="Paris"), call("weather", city="Paris"), True, True, True),
@@ -75,10 +81,6 @@ def test_worst_misses_put_unparsable_answers_first_and_carry_the_input() -> None
     assert worst[1]["input"] == "ask b" and "Rome" in worst[1]["teacher"]
 
 
-def test_per_tool_accuracy_finds_the_weak_tool() -> None:
-    assert per_tool_accuracy(CANDIDATE) == {"stocks": (2, 0.5), "weather": (2, 0.5)}
-
-
 def test_comparison_and_cost_ratio_against_the_teacher() -> None:
     rows = comparison_rows({"baseline": None, "candidate": CANDIDATE}, {"cost_per_1k_usd": 1.11})
     assert [r["model"] for r in rows] == ["candidate", "teacher"]
@@ -93,6 +95,10 @@ def test_report_is_written_with_plots(tmp_path: Path) -> None:
     assert {"report.md", "report.html", "comparison.png", "per_tool.png", "latency.png"} <= names
     assert "| candidate | 0.5000 | 0.7500 |" in written["markdown"]
     assert "<td>candidate</td>" in (tmp_path / "report.html").read_text()
+    # Without per-tool figures (an extract or classify target) there is no per-tool plot.
+    plain = EvalReport(model_dir="m", metrics={"accuracy": 0.5})
+    write_report(tmp_path / "plain", "run y", {"candidate": plain}, {}, [], "kept")
+    assert not (tmp_path / "plain" / "per_tool.png").exists()
 
 
 def test_generation_cap_is_fitted_to_the_longest_training_answer(tmp_path: Path) -> None:

@@ -7,9 +7,10 @@ file into its module cache and checks its imports line by line, so keep one impo
 import json
 from typing import Any
 
-import datasets
 import evaluate
 import jsonschema
+
+from stillroom.scoring import text_metric_info
 
 _CITATION = """\
 @misc{stillroom_extract,
@@ -66,14 +67,7 @@ _INSIDE_VALUE_MARKERS = ("[", ",")
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ExtractMatch(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+        return text_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(
         self,

@@ -6,9 +6,9 @@ file into its module cache and checks its imports line by line, so keep one impo
 
 from typing import Any
 
-import datasets
 import evaluate
 
+from stillroom.scoring import text_metric_info
 from stillroom.toolcalls import judge_prediction, parse_tool_calls_json
 
 _CITATION = """\
@@ -60,14 +60,7 @@ Examples:
 @evaluate.utils.file_utils.add_start_docstrings(_DESCRIPTION, _KWARGS_DESCRIPTION)
 class ToolCallMatch(evaluate.Metric):
     def _info(self) -> evaluate.MetricInfo:
-        return evaluate.MetricInfo(
-            description=_DESCRIPTION,
-            citation=_CITATION,
-            inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features(
-                {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
-            ),
-        )
+        return text_metric_info(_DESCRIPTION, _CITATION, _KWARGS_DESCRIPTION)
 
     def _compute(
         self,
