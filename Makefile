@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 TORCH_LINKS ?= $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 export STILLROOM_HOME ?= $(CURDIR)/.stillroom
 
-.PHONY: install demo smoke test test-gpu lint lock clean ui-mlflow ui-prefect
+.PHONY: install demo smoke test test-gpu gpu-check bench-training lint lock clean ui-mlflow ui-prefect
 
 # Idempotent: reinstalls only when a lock file changed. torch goes first, alone, so that
 # nothing resolves it to a multi-GB CUDA build.
@@ -36,6 +36,14 @@ test: install
 # Needs CUDA: the QLoRA (4-bit NF4) training path.
 test-gpu: install
 	$(PY) -m pytest -q -m gpu tests/gpu
+
+# Needs CUDA: QLoRA for a few dozen steps per packaged student; prints tokens/s, memory, loss.
+gpu-check: install
+	$(PY) benchmarks/gpu_check.py
+
+# Our training configuration against a stock SFTTrainer one, side by side (a few minutes).
+bench-training: install
+	$(PY) benchmarks/training.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -20,17 +20,20 @@ apply_offline_env()  # before prefect/mlflow import: they read these settings on
 
 from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.deployments import run_deployment  # noqa: E402
 from prefect.flow_runs import pause_flow_run  # noqa: E402
 from prefect.input import RunInput  # noqa: E402
 
+from flows.train import TrainParams, train  # noqa: E402
 from stillroom.config import PipelineConfig, load_config, profile_parser  # noqa: E402
 from stillroom.report import format_markdown  # noqa: E402
-from tasks.data import build_task, label_task, sample_task  # noqa: E402
+from stillroom.storage import get_json, make_s3_client, parse_s3_uri, s3_uri  # noqa: E402
+from tasks.data import build_task, label_task, run_key, sample_task  # noqa: E402
 from tasks.model import (  # noqa: E402
     evaluate_task,
     fetch_champion_task,
+    fetch_trained_task,
     prepare_base_task,
-    train_task,
 )
 from tasks.registry import register_task, review_task  # noqa: E402
 from tasks.report import report_task  # noqa: E402
@@ -68,12 +71,30 @@ def load_test_rows(dataset_dir: Path) -> list[dict[str, str]]:
     return load_from_disk(str(dataset_dir))["test"].to_list()
 
 
-def tokenizer_corpus(labelled: list[dict[str, Any]]) -> list[str]:
-    """Text a locally trained tokenizer (the `tiny` test model) learns its merges from."""
-    return [
-        json.dumps(r["messages"]) + json.dumps(r["tools"]) + json.dumps(r["output"])
-        for r in labelled
-    ]
+def train_stage(
+    cfg: PipelineConfig, profile: str, overrides: list[str], run_id: str, dataset_uri: str
+) -> dict[str, Any]:
+    """The train flow, here as a subflow or on its own pool through its deployment.
+
+    Only URIs cross over; the deployed run's metrics are read back from S3, where the
+    train task wrote them, so no result storage has to be shared between the two.
+    """
+    output_uri = s3_uri(cfg.storage.bucket, run_key(cfg, run_id, "training"))
+    params = TrainParams(
+        run_id=run_id,
+        dataset_uri=dataset_uri,
+        output_uri=output_uri,
+        profile=profile,
+        overrides=overrides,
+    )
+    if cfg.training.deployment is None:
+        return train(params)
+    run = run_deployment(
+        cfg.training.deployment, parameters={"params": params.model_dump()}, timeout=None
+    )
+    if not run.state or not run.state.is_completed():
+        raise RuntimeError(f"training run {run.name} ended {run.state and run.state.name}")
+    return get_json(make_s3_client(cfg.storage), *parse_s3_uri(f"{output_uri}/metrics.json"))
 
 
 @flow(name="distill")
@@ -85,8 +106,9 @@ def distill(profile: str = "demo", overrides: list[str] | None = None) -> dict[s
     manifest = sample_task(cfg, run_id)
     labels = label_task(cfg, run_id, manifest)
     dataset = build_task(cfg, run_id, labels, dataset_dir)
-    base_dir = prepare_base_task(cfg, state_dir() / "models", tokenizer_corpus(labels.labelled))
-    training = train_task(cfg, dataset_dir, base_dir, run_dir / "training")
+    base_dir = prepare_base_task(cfg, state_dir() / "models", dataset_dir)
+    trained = train_stage(cfg, profile, overrides or [], run_id, dataset["uri"])
+    training = fetch_trained_task(cfg, trained, run_dir / "training")
     base = (
         evaluate_task(cfg, base_dir, dataset_dir, "base", measure_requests=False)
         if cfg.evaluation.evaluate_base
@@ -131,7 +153,7 @@ def distill(profile: str = "demo", overrides: list[str] | None = None) -> dict[s
         "profile": cfg.profile,
         **counts,
         "dataset": dataset,
-        "training": {k: v for k, v in training.items() if k != "loss_curve"},
+        "training": {k: v for k, v in training.items() if k != "log_history"},
         "student": student.metrics,
         "base": base.metrics if base else None,
         "champion": ({"version": found[0]} | champion.metrics) if found and champion else None,

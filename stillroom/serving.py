@@ -2,7 +2,8 @@
 
 Input rows carry the request as JSON strings (`messages`, `tools`), the same shape as the
 dataset; the output is the parsed tool calls as JSON, `null` where the student's text did not
-parse (the router escalates those to the teacher).
+parse (the router escalates those to the teacher). Prompts and parsing are the ones training
+and evaluation use, in the format of the student's own chat template (see `prompts.py`).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import mlflow.pyfunc
 
 from stillroom.inference import eval_prompts, generate_all, load_for_inference
-from stillroom.toolcalls import parse_tool_calls_text
+from stillroom.prompts import parse_completion
 
 
 class StudentModel(mlflow.pyfunc.PythonModel):
@@ -34,7 +35,7 @@ class StudentModel(mlflow.pyfunc.PythonModel):
             self.settings["max_new_tokens"],
             self.settings["batch_size"],
         )
-        return [json.dumps(parse_tool_calls_text(text)) for text in generations.texts]
+        return [json.dumps(parse_completion(self.tokenizer, text)) for text in generations.texts]
 
 
 def fetch_model_dir(model_uri: str, dest: Path) -> Path:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -92,3 +93,42 @@ def content_hash(value: Any) -> str:
     """sha256 of a value's canonical JSON: key order and whitespace do not change it."""
     canonical = json.dumps(value, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """`s3://bucket/key/prefix` -> (bucket, "key/prefix"); anything else is an error."""
+    if not uri.startswith("s3://") or "/" not in uri[5:]:
+        raise ValueError(f"expected an s3://bucket/prefix URI, got {uri!r}")
+    bucket, key = uri[5:].split("/", 1)
+    return bucket, key
+
+
+def upload_dir(s3: Any, folder: Path, uri: str) -> int:
+    """Every file under `folder` to `uri/<relative path>`; returns the file count.
+
+    boto3's managed transfer splits large files (a merged model) into parallel parts.
+    """
+    bucket, prefix = parse_s3_uri(uri)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    for path in files:
+        s3.upload_file(str(path), bucket, f"{prefix.rstrip('/')}/{path.relative_to(folder)}")
+    return len(files)
+
+
+def download_dir(s3: Any, uri: str, folder: Path) -> int:
+    """Every object under `uri/` into `folder`, keeping relative paths; returns the count."""
+    bucket, prefix = parse_s3_uri(uri)
+    prefix = prefix.rstrip("/") + "/"
+    count = 0
+    for obj in iter_objects(s3, bucket, prefix):
+        target = folder / obj["Key"][len(prefix) :]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        s3.download_file(bucket, obj["Key"], str(target))
+        count += 1
+    if not count:
+        raise FileNotFoundError(f"nothing under {uri}")
+    return count

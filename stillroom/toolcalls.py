@@ -8,17 +8,32 @@ never repaired into a shorter answer that might happen to match.
 "No call" is the empty list `[]`, as a reference (the teacher called nothing) and as a
 prediction alike; only `[]` matches it. Text without any JSON answer stays invalid rather than
 reading as "no call", or every truncated generation would pass for one.
+
+Families whose chat template renders tools (Qwen2.5) write calls as `<tool_call>` blocks
+instead; `parse_tool_call_blocks` reads them leniently for the local teacher (which forwards
+what the model wrote) and `parse_tool_call_blocks_text` strictly for a student's answer.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from typing import Any
 
 # An array element or object member starts after one of these, so an object found right after
 # one is part of a larger value that failed to decode (a truncated list), not an answer itself.
 _INSIDE_VALUE_MARKERS = ("[", ",")
+
+# Qwen's template asks for exactly this; `(.*?)` stops at the first close, and a block the
+# token budget cut off (no close) still counts: it is passed on as malformed, not dropped.
+TOOL_CALL_BLOCK = re.compile(r"<tool_call>(.*?)(?:</tool_call>|\Z)", re.DOTALL)
+# Salvages name and raw arguments from a block whose JSON does not parse.
+MALFORMED_CALL = re.compile(
+    r'\A\s*\{\s*"name"\s*:\s*"(?P<name>(?:[^"\\]|\\.)*)"\s*,\s*"arguments"\s*:\s*'
+    r"(?P<arguments>.*?)\s*\}?\s*\Z",
+    re.DOTALL,
+)
 
 
 def render_tool_calls(calls: list[dict[str, Any]]) -> str:
@@ -49,6 +64,49 @@ def parse_tool_calls_text(text: str) -> list[dict[str, Any]] | None:
         # Decoding from a bracket yields a list or an object, never a scalar.
         return validate_calls(value if isinstance(value, list) else [value])
     return None
+
+
+def parse_tool_call_blocks(text: str) -> list[dict[str, Any]]:
+    """Calls from `<tool_call>` blocks; a block whose JSON fails keeps its raw arguments text.
+
+    Arguments come back as a dict when the block parses, else as the raw text (a string), so
+    the teacher server forwards exactly what the model wrote and the client's validation
+    decides. A block without a readable name gives the name "".
+    """
+    calls = []
+    for match in TOOL_CALL_BLOCK.finditer(text):
+        body = match.group(1).strip()
+        try:
+            value = json.loads(body)
+        except json.JSONDecodeError:
+            value = None
+        if isinstance(value, dict) and isinstance(value.get("name"), str):
+            arguments = value.get("arguments")
+            calls.append(
+                {"name": value["name"], "arguments": {} if arguments is None else arguments}
+            )
+            continue
+        salvaged = MALFORMED_CALL.match(body)
+        if salvaged:
+            calls.append({"name": salvaged["name"], "arguments": salvaged["arguments"]})
+        else:
+            calls.append({"name": "", "arguments": body})
+    return calls
+
+
+def parse_tool_call_blocks_text(text: str) -> list[dict[str, Any]] | None:
+    """A tools-template student's answer: its `<tool_call>` blocks, or None if one is bad.
+
+    Every block must be a well-formed call: one cut off by the token budget, or with
+    arguments that are not an object, makes the whole answer invalid, as a truncated list
+    does in `parse_tool_calls_text`. Without any block the text is read as the compact
+    family's answer, so "no call" is a plain `[]` (see `prompts.render_completion`), and
+    prose or nothing at all stays invalid rather than passing for "no call".
+    """
+    blocks = parse_tool_call_blocks(text)
+    if not blocks:
+        return parse_tool_calls_text(text)
+    return validate_calls(blocks)
 
 
 def parse_tool_calls_json(text: str) -> list[dict[str, Any]] | None:

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from stillroom.config import PipelineConfig
 from stillroom.sampling import Manifest, sample_documents, write_manifest
 from stillroom.splits import build_splits, dataset_hash, split_sizes
-from stillroom.storage import make_s3_client, put_jsonl
+from stillroom.storage import make_s3_client, put_jsonl, s3_uri, upload_dir
 from stillroom.targets import load_target
 from stillroom.teacher import LabelResult, label_manifest, raise_if_stopped, write_labels
 
@@ -49,10 +49,18 @@ def build_task(
     dataset = build_splits(labels.labelled, cfg.splits)
     dataset.save_to_disk(str(out_dir))
     s3 = make_s3_client(cfg.storage)
+    # The saved DatasetDict is what a training worker on another machine downloads.
+    uri = s3_uri(cfg.storage.bucket, run_key(cfg, run_id, "dataset"))
+    upload_dir(s3, out_dir, uri)
     for name, split in dataset.items():
         put_jsonl(
             s3, cfg.storage.bucket, run_key(cfg, run_id, f"splits/{name}.jsonl"), split.to_list()
         )
-    info = {"path": str(out_dir), "hash": dataset_hash(dataset), "sizes": split_sizes(dataset)}
+    info = {
+        "path": str(out_dir),
+        "uri": uri,
+        "hash": dataset_hash(dataset),
+        "sizes": split_sizes(dataset),
+    }
     get_run_logger().info("splits: %s (hash %s)", info["sizes"], info["hash"][:12])
     return info

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,33 @@ def numeric(values: dict[str, Any], prefix: str = "") -> dict[str, float]:
     }
 
 
+# Trainer log keys -> MLflow metric names, logged per optimizer step.
+HISTORY_METRICS = {
+    "loss": "train.step_loss",
+    "eval_loss": "train.val_loss",
+    "learning_rate": "train.learning_rate",
+    "grad_norm": "train.grad_norm",
+    "tokens_per_second": "train.step_tokens_per_second",
+    "peak_memory_mib": "train.step_peak_memory_mib",
+}
+
+
+def log_training_history(training: dict[str, Any], adapter_dir: Path) -> None:
+    """Per-step curves, the loss plot and the adapter, in the run that registers the model."""
+    from stillroom.eval_report import plot_training
+
+    for entry in training["log_history"]:
+        for key, name in HISTORY_METRICS.items():
+            if isinstance(entry.get(key), int | float):
+                mlflow.log_metric(name, float(entry[key]), step=int(entry["step"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        plot = Path(tmp) / "loss_curve.png"
+        plot_training(training["log_history"], plot)
+        mlflow.log_artifact(str(plot), artifact_path="training")
+    # The adapter alone is a few MB: what a user applies to their own copy of the base.
+    mlflow.log_artifacts(str(adapter_dir), artifact_path="training/adapter")
+
+
 @task(name="register", cache_policy=NO_CACHE)
 def register_task(
     cfg: PipelineConfig,
@@ -70,8 +98,7 @@ def register_task(
             mlflow.log_metrics(numeric(base.metrics, "base."))
         if champion is not None:
             mlflow.log_metrics(numeric(champion.metrics, "champion."))
-        for point in training["loss_curve"]:
-            mlflow.log_metric("train.loss_curve", point["loss"], step=point["step"])
+        log_training_history(training, Path(training["adapter_dir"]))
         test_df = pd.DataFrame(student.rows)
         mlflow.log_input(mlflow.data.from_pandas(test_df, name="heldout-test"), context="test")
         mlflow.log_table(test_df, artifact_file="eval/student_predictions.json")

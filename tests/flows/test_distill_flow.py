@@ -69,6 +69,22 @@ def test_training_ran_and_was_measured(first_run: dict) -> None:
     assert training["train_tokens_per_second"] > 0
     # Four steps of LoRA must already move validation loss (on the answer tokens) down.
     assert training["eval_loss_after"] < training["eval_loss_before"]
+    # The train flow was handed URIs and left its outputs in S3, not at a worker's path.
+    run_prefix = f"s3://stillroom/runs/{first_run['run_id']}/training/"
+    assert training["merged_uri"] == run_prefix + "merged"
+    assert training["adapter_uri"] == run_prefix + "adapter"
+
+
+def test_training_curves_reach_mlflow(first_run: dict) -> None:
+    reg = first_run["registration"]
+    run_id = client().get_model_version(reg["name"], reg["version"]).run_id
+    steps = [m.step for m in client().get_metric_history(run_id, "train.step_loss")]
+    assert steps == [1, 2, 3, 4]  # smoke logs every step
+    val_steps = [m.step for m in client().get_metric_history(run_id, "train.val_loss")]
+    assert val_steps == [2, 4, 4]  # every eval_steps=2, then the best checkpoint re-scored
+    assert client().get_metric_history(run_id, "train.learning_rate")
+    artifacts = {a.path for a in client().list_artifacts(run_id, "training")}
+    assert {"training/loss_curve.png", "training/adapter"} <= artifacts
 
 
 def test_registered_version_has_computed_accuracy_and_challenger_alias(first_run: dict) -> None:

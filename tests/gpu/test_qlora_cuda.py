@@ -64,6 +64,6 @@ def test_trainer_takes_the_qlora_path_and_learns(tmp_path: Path) -> None:
             ),
         )
     )
-    print(json.dumps({k: v for k, v in metrics.items() if k != "loss_curve"}, indent=2))
+    print(json.dumps({k: v for k, v in metrics.items() if k != "log_history"}, indent=2))
     assert metrics["mode"].startswith("QLoRA") and metrics["device"] == "cuda"
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"]

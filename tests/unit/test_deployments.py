@@ -21,7 +21,10 @@ def load_flow(entrypoint: str):
     return load_flow_from_entrypoint(f"{project_root() / path}:{name}")
 
 
-@pytest.mark.parametrize("name", sorted(DEPLOYMENTS))
+DISTILL = sorted(n for n, d in DEPLOYMENTS.items() if d["entrypoint"] == "flows/distill.py:distill")
+
+
+@pytest.mark.parametrize("name", DISTILL)
 def test_entrypoint_is_a_flow_that_accepts_the_parameters(name: str) -> None:
     deployment = DEPLOYMENTS[name]
     flow = load_flow(deployment["entrypoint"])
@@ -43,11 +46,28 @@ def test_pools_are_the_ones_the_infra_runs() -> None:
         assert f"--pool {deployment['work_pool']['name']}" in commands
 
 
-def test_nightly_schedule_parses_and_uses_the_gpu_profile() -> None:
+def test_nightly_schedule_parses_and_trains_on_the_gpu_pool() -> None:
     nightly = DEPLOYMENTS["nightly-retrain"]
     (schedule,) = nightly["schedules"]
     CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
-    assert nightly["parameters"]["profile"] == "gpu" and nightly["work_pool"]["name"] == "gpu"
+    cfg = load_config(nightly["parameters"]["profile"], nightly["parameters"]["overrides"])
+    assert cfg.profile == "gpu" and nightly["work_pool"]["name"] == "cpu"
+    # Training goes to a deployment of the train flow that sits on the gpu pool.
+    flow_name, deployment_name = cfg.training.deployment.split("/")
+    trainer = DEPLOYMENTS[deployment_name]
+    assert trainer["work_pool"]["name"] == "gpu"
+    assert load_flow(trainer["entrypoint"]).name == flow_name
+
+
+def test_train_deployment_takes_one_typed_parameters_model() -> None:
+    from flows.train import TrainParams
+
+    trainer = load_flow(DEPLOYMENTS["gpu-train"]["entrypoint"])
+    params = TrainParams(run_id="r", dataset_uri="s3://b/d", output_uri="s3://b/o")
+    trainer.validate_parameters({"params": params.model_dump()})
+    # The UI form is generated from this schema: one object with the model's fields.
+    schema = trainer.parameters.model_dump()
+    assert schema["required"] == ["params"]
 
 
 def test_code_is_pulled_from_where_the_images_put_it() -> None:

@@ -530,7 +530,9 @@ def test_code_touches_s3_only_in_the_ways_the_policy_allows() -> None:
     }
     code = "\n".join(sources.values())
     methods = set(re.findall(r"\bs3\.(\w+)\(", code))
-    assert methods <= {"get_object", "put_object", "get_paginator", "head_bucket", "create_bucket"}
+    # upload_file/download_file: managed (multipart, ranged) transfers of model folders.
+    allowed = {"get_object", "put_object", "get_paginator", "head_bucket", "create_bucket"}
+    assert methods <= allowed | {"upload_file", "download_file"}
     assert set(re.findall(r"get_paginator\(\"(\w+)", code)) == {"list_objects_v2"}  # ListBucket
     # Creating a bucket (head_bucket, create_bucket) is the offline demo's seeding only.
     creators = {name for name, text in sources.items() if "ensure_bucket(" in text}
@@ -544,7 +546,12 @@ def test_iam_policy_actions_are_explicit_and_minimal(iam_policy: dict[str, Any])
         actions = statement["Action"]
         for action in [actions] if isinstance(actions, str) else actions:
             assert "*" not in action
-            assert action in {"s3:GetObject", "s3:PutObject", "s3:ListBucket"}, action
+            assert action in {
+                "s3:GetObject",
+                "s3:PutObject",
+                "s3:ListBucket",
+                "s3:AbortMultipartUpload",  # a failed multipart model upload cleans up
+            }, action
 
 
 def test_iam_policy_covers_exactly_the_prefixes_the_code_uses(iam_policy: dict[str, Any]) -> None:
@@ -567,6 +574,11 @@ def test_iam_policy_covers_exactly_the_prefixes_the_code_uses(iam_policy: dict[s
     read = {prefixes["requests"], prefixes["runs"], prefixes["cache"]}
     assert set(object_access) == read
     assert object_access[prefixes["requests"]] == {"s3:GetObject"}
-    assert object_access[prefixes["runs"]] == {"s3:GetObject", "s3:PutObject"}
+    # Runs hold model folders, uploaded in parts: an aborted upload must be able to clean up.
+    assert object_access[prefixes["runs"]] == {
+        "s3:GetObject",
+        "s3:PutObject",
+        "s3:AbortMultipartUpload",
+    }
     assert object_access[prefixes["cache"]] == {"s3:GetObject", "s3:PutObject"}
     assert listed == {p + "*" for p in read}

@@ -1,4 +1,5 @@
-"""The tiny test model, the build cache, folder validation and 4-bit loading on CPU."""
+"""The tiny test models, the build cache, resolving names, folders and cached Hub ids, and
+4-bit loading on CPU."""
 
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from stillroom import models
 from stillroom.models import (
+    CHATML_TEMPLATE,
     MARKER_FILE,
     WEIGHTS_FILE,
     disable_cpu_bf16_repack,
     load_causal_lm,
     load_tokenizer,
+    qwen_template,
     resolve_base_model,
+    set_special_tokens,
 )
 
 TOOL_CALL = json.dumps(
@@ -158,9 +162,147 @@ def test_folder_without_config_is_refused(tmp_path: Path) -> None:
         resolve_base_model(str(tmp_path), tmp_path)
 
 
-def test_unknown_name_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="unknown base model"):
-        resolve_base_model("llama-70b", tmp_path)
+def test_unknown_name_is_refused_naming_the_accepted_forms(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("llama-70b", str(tmp_path / "missing")):
+        with pytest.raises(ValueError, match="unknown base model") as error:
+            resolve_base_model(name, tmp_path)
+        message = str(error.value)
+        assert "packaged name" in message and "qwen2.5-coder-0.5b" in message
+        assert "Hugging Face model id already in the local cache" in message
+        assert str(tmp_path / "hub") in message
+        assert "local Hugging Face model folder" in message
+
+
+# --- tiny-tools: the tools-template family ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tools(tiny: Path) -> Path:
+    return resolve_base_model("tiny-tools", tiny.parent)
+
+
+def test_tiny_tools_has_its_own_folder_and_qwens_template(tiny: Path, tiny_tools: Path) -> None:
+    assert tiny_tools.name == "tiny-tools" and tiny_tools != tiny
+    assert json.loads((tiny_tools / MARKER_FILE).read_text())["name"] == "tiny-tools"
+    tokenizer = load_tokenizer(tiny_tools)
+    assert tokenizer.chat_template == qwen_template()
+    assert "<tool_call>" in tokenizer.chat_template and "tools" in tokenizer.chat_template
+    assert load_tokenizer(tiny).chat_template == CHATML_TEMPLATE  # the plain one is untouched
+
+
+def test_tiny_tools_keeps_the_chatml_ids_and_single_tool_call_tokens(tiny_tools: Path) -> None:
+    tokenizer = load_tokenizer(tiny_tools)
+    ids = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    assert ids == [0, 1, 2]
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    text = '<tool_call>\n{"name": "f", "arguments": {}}\n</tool_call>'
+    encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert encoded[0] == tokenizer.convert_tokens_to_ids("<tool_call>")
+    # Like Qwen's, they are not special: evaluation decodes with skip_special_tokens.
+    assert tokenizer.decode(encoded, skip_special_tokens=True) == text
+    model = load_causal_lm(tiny_tools)
+    assert model.config.vocab_size == len(tokenizer)
+    assert model.config.max_position_embeddings == tokenizer.model_max_length == 4096
+
+
+def test_tiny_tools_custom_corpus_gets_its_own_folder(tiny: Path, tiny_tools: Path) -> None:
+    corpus = [f'{{"name": "lookup", "arguments": {{"id": {i}}}}}' for i in range(200)]
+    custom = resolve_base_model("tiny-tools", tiny.parent, corpus=corpus)
+    plain = resolve_base_model("tiny", tiny.parent, corpus=corpus)
+    assert custom.name.startswith("tiny-tools-") and plain.name.startswith("tiny-")
+    assert len({custom, plain, tiny, tiny_tools}) == 4
+
+
+# --- special tokens and templates ------------------------------------------------------------
+
+
+def test_set_special_tokens_keeps_the_tokenizers_own_template(tiny_tools: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_tools)
+    tokenizer = load_tokenizer(tiny_tools)
+    set_special_tokens(model, tokenizer)
+    assert tokenizer.chat_template == qwen_template()
+    set_special_tokens(model, tokenizer, CHATML_TEMPLATE)
+    assert tokenizer.chat_template == CHATML_TEMPLATE
+    tokenizer.chat_template = None
+    with pytest.raises(ValueError, match="no chat template"):
+        set_special_tokens(model, tokenizer)
+
+
+def test_packaged_qwen_name_is_the_local_teachers_converted_folder(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[Path] = []
+
+    def converted(models_dir: Path) -> Path:
+        asked.append(models_dir)
+        return tiny
+
+    monkeypatch.setattr(models, "ensure_qwen_coder", converted)
+    assert resolve_base_model("qwen2.5-coder-0.5b", tmp_path) == tiny
+    assert asked == [tmp_path]
+
+
+# --- Hugging Face ids in the local cache -----------------------------------------------------
+
+
+def fake_hub_snapshot(cache: Path, repo_id: str, source: Path, files: list[str]) -> Path:
+    """The hub cache layout: models--org--name/{refs/main, snapshots/<commit>/...}."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    for name in files:
+        (snapshot / name).write_bytes((source / name).read_bytes())
+    return snapshot
+
+
+HUB_FILES = [
+    "config.json",
+    "generation_config.json",
+    WEIGHTS_FILE,
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+]
+
+
+def test_cached_hub_id_resolves_offline_to_its_snapshot(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "hub"
+    snapshot = fake_hub_snapshot(cache, "someorg/tiny-chat", tiny, HUB_FILES)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = resolve_base_model("someorg/tiny-chat", tmp_path / "models")
+    assert folder == snapshot.resolve()
+    assert load_tokenizer(folder).chat_template == CHATML_TEMPLATE
+    assert not (tmp_path / "models").exists()  # nothing built or copied
+
+
+def test_absent_hub_id_is_refused_clearly(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "hub"
+    fake_hub_snapshot(cache, "someorg/tiny-chat", tiny, HUB_FILES)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    with pytest.raises(ValueError, match=r"unknown base model 'someorg/other'.*local cache"):
+        resolve_base_model("someorg/other", tmp_path)
+
+
+def test_pickle_only_hub_snapshot_is_refused(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "hub"
+    snapshot = fake_hub_snapshot(cache, "someorg/old-model", tiny, ["config.json"])
+    (snapshot / "pytorch_model.bin").write_bytes(b"")
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    with pytest.raises(ValueError, match=r"no \*\.safetensors.*pickle checkpoints are refused"):
+        resolve_base_model("someorg/old-model", tmp_path)
 
 
 def test_full_precision_load_on_cpu(tiny: Path) -> None:

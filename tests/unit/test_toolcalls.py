@@ -7,6 +7,8 @@ from stillroom.toolcalls import (
     judge_prediction,
     name_match,
     normalize_value,
+    parse_tool_call_blocks,
+    parse_tool_call_blocks_text,
     parse_tool_calls_json,
     parse_tool_calls_text,
     render_tool_calls,
@@ -172,3 +174,51 @@ def test_judge_prediction():
     }
     with pytest.raises(ValueError, match="reference"):
         judge_prediction(COMPACT, f"chatter {COMPACT}")
+
+
+# --- `<tool_call>` blocks (tools-template families) -----------------------------------------
+
+
+def block(call: dict | str) -> str:
+    body = call if isinstance(call, str) else json.dumps(call)
+    return f"<tool_call>\n{body}\n</tool_call>"
+
+
+def test_blocks_give_their_calls_in_order():
+    assert parse_tool_call_blocks_text(block(FACTORIAL)) == [FACTORIAL]
+    text = block(FACTORIAL) + "\n" + block(AREA)
+    assert parse_tool_call_blocks_text(text) == [FACTORIAL, AREA]
+
+
+def test_blocks_win_over_chatter_around_them():
+    text = "Let me call it.\n" + block(FACTORIAL) + "\nDone: [1, 2]"
+    assert parse_tool_call_blocks_text(text) == [FACTORIAL]
+
+
+def test_without_blocks_no_call_is_an_empty_list_and_prose_is_invalid():
+    assert parse_tool_call_blocks_text("[]") == []
+    assert parse_tool_call_blocks_text("  []\n") == []
+    assert parse_tool_call_blocks_text("") is None
+    assert parse_tool_call_blocks_text("I cannot help with that.") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '<tool_call>\n{"name": "math_factorial", "arguments": {"number": 5',  # cut by the budget
+        block('{"name": "math_factorial", "arguments": {"number": 5,}}'),  # bad JSON
+        block('{"name": "math_factorial", "arguments": "{\\"number\\": 5}"}'),  # a string
+        block("math_factorial(number=5)"),  # no JSON at all
+        block('{"arguments": {"number": 5}}'),  # no name
+        block(FACTORIAL) + '\n<tool_call>\n{"name": "area", "argu',  # second one cut
+        block(FACTORIAL) + "\n" + block("[]"),  # a list is not a call
+    ],
+)
+def test_any_bad_block_makes_the_whole_answer_invalid(text):
+    assert parse_tool_call_blocks_text(text) is None
+
+
+def test_the_teachers_lenient_reading_keeps_what_the_strict_one_rejects():
+    cut = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Par'
+    assert parse_tool_call_blocks(cut) == [{"name": "get_weather", "arguments": '{"city": "Par'}]
+    assert parse_tool_call_blocks_text(cut) is None
