@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
-import uuid
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,13 @@ from tasks.registry import register_task, review_task  # noqa: E402
 from tasks.report import report_task  # noqa: E402
 
 
-def new_run_id() -> str:
-    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+def flow_run_key() -> str:
+    """This flow run's id for paths and cache keys: the same on every retry of the run, so
+    a retried run finds its own persisted stages; sortable by when it was scheduled."""
+    from prefect.runtime import flow_run
+
+    scheduled = flow_run.scheduled_start_time
+    return f"{scheduled.astimezone(UTC):%Y%m%dT%H%M%SZ}-{str(flow_run.id)[:8]}"
 
 
 class ReviewDecision(RunInput):
@@ -98,9 +102,12 @@ def train_stage(
 
 
 @flow(name="distill")
-def distill(profile: str = "demo", overrides: list[str] | None = None) -> dict[str, Any]:
+def distill(
+    profile: str = "demo", overrides: list[str] | None = None, run_id: str | None = None
+) -> dict[str, Any]:
+    """`run_id` continues an earlier run: its sample, labels and dataset are reused."""
     cfg: PipelineConfig = load_config(profile, overrides)
-    run_id = new_run_id()
+    run_id = run_id or flow_run_key()
     run_dir = state_dir() / "runs" / run_id
     dataset_dir = run_dir / "dataset"
     manifest = sample_task(cfg, run_id)

@@ -39,7 +39,8 @@ class TrainParams(BaseModel):
 @flow(name="train")
 def train(params: TrainParams) -> dict[str, Any]:
     cfg = load_config(params.profile, params.overrides)
-    return train_task(cfg, params.run_id, params.dataset_uri, params.output_uri)
+    task = train_task.with_options(retries=cfg.training.retries)
+    return task(cfg, params.run_id, params.dataset_uri, params.output_uri)
 
 
 def main() -> None:

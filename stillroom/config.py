@@ -122,7 +122,15 @@ class TeacherConfig(Section):
         "STILLROOM_TEACHER_API_KEY",
         description="Name of the env var holding the API key; the key itself is never in config.",
     )
-    concurrency: int = Field(8, description="Requests in flight at once.")
+    concurrency: int = Field(8, description="Requests in flight at once, in this run.")
+    global_limit: str | None = Field(
+        "teacher-calls",
+        description="Prefect global concurrency limit every run's teacher calls share, so "
+        "runs started together stay under the provider's limits; None: per-run only.",
+    )
+    global_limit_slots: int = Field(
+        16, ge=1, description="Slots of `global_limit` when a run has to create it."
+    )
     requests_per_minute: float | None = Field(
         None, description="Provider's request-rate limit (None: unlimited)."
     )
@@ -195,6 +203,9 @@ class TrainingConfig(Section):
         "(accelerate's --cpu with several processes silently runs one).",
     )
     processes: int = Field(1, ge=1, description="torchrun only: DDP processes on this node.")
+    retries: int = Field(
+        1, ge=0, description="Relaunches after a crash; each resumes from the last checkpoint."
+    )
     deployment: str | None = Field(
         None,
         description="Prefect deployment ('train/<name>') that runs training on its own work "
@@ -302,6 +313,62 @@ class RegistryConfig(Section):
     )
 
 
+class WatchConfig(Section):
+    """The drift watch (`flows/watch.py`): the champion scored on fresh teacher labels."""
+
+    size: int = Field(
+        40, ge=1, description="Recent documents sampled and labelled per watch: a small bill."
+    )
+    since_days: int | None = Field(
+        7,
+        ge=1,
+        description="Recent = a date partition of the key (`date_pattern`) within the last N "
+        "days, today (UTC) included; None: the whole sampling prefix.",
+    )
+    date_pattern: str = Field(
+        r"/(\d{4}-\d{2}-\d{2})/",
+        description="Regex whose group is a key's ISO date, as in requests/<date>/<id>.json.",
+    )
+    min_agreement: float = Field(
+        0.5,
+        description="Trigger when the champion's primary metric on the fresh labels falls "
+        "below this.",
+    )
+    min_scored: int = Field(
+        10,
+        ge=1,
+        description="Fewer freshly labelled documents than this: agreement is logged but not "
+        "judged (a handful of misses is noise, not drift).",
+    )
+    new_documents_trigger: int | None = Field(
+        1000,
+        ge=1,
+        description="Trigger when this many objects arrived under the sampling prefix since "
+        "the champion was registered (S3 LastModified); None: off.",
+    )
+    trigger_without_champion: bool = Field(
+        False,
+        description="No champion yet: start distill (True) or only record it (False: on a "
+        "schedule, every tick would start one until a candidate passes the gates).",
+    )
+    cooldown_hours: float = Field(
+        12.0,
+        ge=0,
+        description="No trigger while a run of `deployment` is unfinished or was created this "
+        "recently: one retrain at a time.",
+    )
+    deployment: str = Field("distill/on-demand", description="Deployment a trigger starts.")
+    distill_profile: str | None = Field(
+        None, description="`profile` parameter of the started run; None: the deployment's own."
+    )
+    distill_overrides: list[str] | None = Field(
+        None, description="`overrides` parameter of the started run; None: the deployment's own."
+    )
+    experiment: str = Field(
+        "stillroom-watch", description="MLflow experiment of the agreement series."
+    )
+
+
 class PipelineConfig(Section):
     profile: str = Field("base", description="Name of the profile this config was built from.")
     target: str = Field(
@@ -316,6 +383,7 @@ class PipelineConfig(Section):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvalConfig = Field(default_factory=EvalConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    watch: WatchConfig = Field(default_factory=WatchConfig)
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -25,8 +25,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -269,6 +270,9 @@ class Labeller:
     cfg: TeacherConfig
     result: LabelResult
     limiter: RateLimiter
+    # Held around each call in flight: a slot of a limit shared with other runs (from the
+    # orchestrator; the library never imports it). Not held while backing off.
+    slot: Callable[[], AbstractAsyncContextManager[Any]] = nullcontext
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
     async def call(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -276,7 +280,8 @@ class Labeller:
         for attempt in range(self.cfg.max_retries + 1):
             await self.limiter.acquire(estimate)
             try:
-                answer = await call_teacher(self.client, request)
+                async with self.slot():
+                    answer = await call_teacher(self.client, request)
             except RETRYABLE as error:
                 kind = type(error).__name__
                 if attempt == self.cfg.max_retries:
@@ -480,8 +485,11 @@ async def run_workers(labeller: Labeller, items: list[Candidate], stop: asyncio.
         )
 
 
+SlotFactory = Callable[[], AbstractAsyncContextManager[Any]]
+
+
 async def label_manifest_async(
-    s3: Any, manifest: Manifest, target: Target, cfg: TeacherConfig
+    s3: Any, manifest: Manifest, target: Target, cfg: TeacherConfig, slot: SlotFactory = nullcontext
 ) -> LabelResult:
     result = LabelResult(price=cfg.prices.get(cfg.model))
     loop = asyncio.get_running_loop()
@@ -492,7 +500,9 @@ async def label_manifest_async(
     limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
     try:
         async with make_client(cfg) as client:
-            labeller = Labeller(s3, manifest.bucket, client, target, cfg, result, limiter)
+            labeller = Labeller(
+                s3, manifest.bucket, client, target, cfg, result, limiter, slot=slot
+            )
             await run_workers(labeller, manifest.items, stop)
     finally:
         for signum in installed:
@@ -507,8 +517,15 @@ class LabellingStopped(RuntimeError):
     """The run stopped before every document was labelled; what was paid is cached."""
 
 
-def label_manifest(s3: Any, manifest: Manifest, target: Target, cfg: TeacherConfig) -> LabelResult:
-    result = asyncio.run(label_manifest_async(s3, manifest, target, cfg))
+def label_manifest(
+    s3: Any,
+    manifest: Manifest,
+    target: Target,
+    cfg: TeacherConfig,
+    slot: SlotFactory = nullcontext,
+) -> LabelResult:
+    """Label every sampled document; `slot` is entered around each teacher call."""
+    result = asyncio.run(label_manifest_async(s3, manifest, target, cfg, slot))
     if result.done != len(manifest.items):
         raise RuntimeError(
             f"labelling lost documents: {len(manifest.items)} sampled, {result.done} accounted"

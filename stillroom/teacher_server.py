@@ -283,6 +283,8 @@ def create_app(
         body = await raw.json()
         state.arrived()
         state.stats["in_flight"] += 1  # a hung request still counts until it is decided
+        # The most requests open at once: what a provider's concurrency cap would see.
+        state.stats["max_in_flight"] = max(state.stats["max_in_flight"], state.stats["in_flight"])
         try:
             return await answer_request(raw, body)
         finally:

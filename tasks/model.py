@@ -8,7 +8,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import INPUTS, NO_CACHE
 
 from stillroom.config import PipelineConfig
 from stillroom.env import state_dir
@@ -51,8 +51,9 @@ def portable(metrics: dict[str, Any], output_uri: str) -> dict[str, Any]:
     }
 
 
-# Retried once: a relaunch on the same worker resumes from the last checkpoint in `work`.
-@task(name="train", retries=1, retry_delay_seconds=10, cache_policy=NO_CACHE)
+# A retry (training.retries) relaunches on the same worker and resumes from the last
+# checkpoint in `work`; once trained, a retried flow run gets the cached result.
+@task(name="train", retry_delay_seconds=10, cache_policy=INPUTS, persist_result=True)
 def train_task(
     cfg: PipelineConfig, run_id: str, dataset_uri: str, output_uri: str
 ) -> dict[str, Any]:
