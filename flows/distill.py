@@ -25,6 +25,7 @@ from prefect.input import RunInput  # noqa: E402
 
 from flows.train import TrainParams, train  # noqa: E402
 from stillroom.config import PipelineConfig, load_config, profile_parser  # noqa: E402
+from stillroom.registry import ui_links  # noqa: E402
 from stillroom.report import format_markdown  # noqa: E402
 from stillroom.storage import get_json, make_s3_client, parse_s3_uri, s3_uri  # noqa: E402
 from tasks.data import build_task, label_task, run_key, sample_task  # noqa: E402
@@ -167,6 +168,7 @@ def distill(
         "comparison": report["table"],
         "cost_ratio": report["cost_ratio"],
         "registration": dataclasses.asdict(registration),
+        "links": ui_links(cfg.registry, registration),
     }
     create_markdown_artifact(
         key="distill-summary",

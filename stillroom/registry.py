@@ -362,6 +362,23 @@ def configure(cfg: RegistryConfig) -> MlflowClient:
     return client
 
 
+def ui_links(cfg: RegistryConfig, registration: Registration) -> dict[str, str]:
+    """Where a reviewer finds the run and the version in the MLflow UI.
+
+    Only an HTTP tracking server has a UI to link to; a local sqlite store gets its ids.
+    """
+    uri = tracking_uri(cfg)
+    version = f"{registration.name} v{registration.version}"
+    if not uri.startswith(("http://", "https://")):
+        return {"MLflow run": registration.run_id, "model version": version}
+    experiment = make_client(cfg).get_run(registration.run_id).info.experiment_id
+    base = uri.rstrip("/")
+    return {
+        "MLflow run": f"{base}/#/experiments/{experiment}/runs/{registration.run_id}",
+        "model version": f"{base}/#/models/{registration.name}/versions/{registration.version}",
+    }
+
+
 def log_student_model(model_dir: Path, settings: dict[str, Any], example: Any) -> Any:
     from stillroom.serving import StudentModel
 

@@ -111,4 +111,9 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 def format_markdown(summary: dict[str, Any]) -> str:
     rows = summary_rows(summary)
-    return "\n".join(["| stage | result |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])
+    table = ["| stage | result |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    links = [
+        f"- {name}: [{target}]({target})" if target.startswith("http") else f"- {name}: {target}"
+        for name, target in summary.get("links", {}).items()
+    ]
+    return "\n".join(table + ([""] + links if links else []))

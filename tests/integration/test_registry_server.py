@@ -211,3 +211,21 @@ def test_manual_review_waits_for_a_person(server: str, model_uri: str) -> None:
     assert tags["review.comment"] == "wrong tool names"
     assert tags["promotion"] == "rejected by bob: wrong tool names"
     assert aliases(client, "reviewed") == {"challenger": "2", "champion": "1"}
+
+
+def test_ui_links_point_at_the_run_and_version_on_the_server(server: str, model_uri: str) -> None:
+    import urllib.request
+
+    from stillroom.registry import ui_links
+
+    client, cfg = setup(server, "links-test")
+    registration = register_candidate(client, cfg, candidate(model_uri, 0.9))
+    links = ui_links(cfg, registration)
+    experiment = client.get_experiment_by_name("registry-test").experiment_id
+    run = f"{server}/#/experiments/{experiment}/runs/{registration.run_id}"
+    assert links == {
+        "MLflow run": run,
+        "model version": f"{server}/#/models/links-test/versions/{registration.version}",
+    }
+    with urllib.request.urlopen(links["MLflow run"].split("#")[0]) as page:
+        assert page.status == 200  # the UI that resolves the #/ route is served there

@@ -73,3 +73,16 @@ def test_champion_line_and_markdown_table() -> None:
     assert "champion v3 accuracy" in format_summary(summary)
     markdown = format_markdown(summary)
     assert markdown.startswith("| stage | result |") and "| champion v3 accuracy |" in markdown
+
+
+def test_markdown_links_a_reviewer_to_mlflow() -> None:
+    links = {
+        "MLflow run": "http://mlflow:5000/#/experiments/1/runs/abc",
+        "model version": "http://mlflow:5000/#/models/m/versions/4",
+    }
+    markdown = format_markdown(SUMMARY | {"links": links})
+    assert "- MLflow run: [http://mlflow:5000/#/experiments/1/runs/abc](" in markdown
+    assert "- model version: [http://mlflow:5000/#/models/m/versions/4](" in markdown
+    # A local store has no UI: the ids are given as text, not as links that go nowhere.
+    local = format_markdown(SUMMARY | {"links": {"MLflow run": "abc"}})
+    assert "- MLflow run: abc" in local and "](" not in local
