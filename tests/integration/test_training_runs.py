@@ -152,3 +152,32 @@ def test_torchrun_gives_two_process_data_parallel_on_cpu(
     log = (tmp_path / "ddp" / "train.log").read_text()
     assert log.count("training LoRA") == 2  # one line per rank
     assert json.loads((tmp_path / "ddp" / "metrics.json").read_text())["steps"] == steps
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "tiny-tools",
+        pytest.param("qwen2.5-coder-0.5b", marks=pytest.mark.slow),  # 0.5B on 2 cores
+    ],
+)
+def test_a_tools_template_family_trains_on_its_own_format(
+    base: str, inputs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Qwen-style bases see full tool schemas and answer in <tool_call> blocks: the trainer
+    takes both from the one rendering function, and the outputs keep that template."""
+    from stillroom.env import state_dir
+    from stillroom.models import load_tokenizer
+    from stillroom.prompts import render_example, supports_tools
+
+    folder = resolve_base_model(base, state_dir() / "models")
+    spec = make_spec(inputs, tmp_path / "out", max_steps=2, eval_steps=2)
+    spec.base_model_dir = str(folder)
+    metrics = launch_training(spec)
+    assert metrics["steps"] == 2 and metrics["eval_loss_after"] < metrics["eval_loss_before"]
+    merged = load_tokenizer(Path(metrics["merged_dir"]))
+    assert supports_tools(merged)
+    row = {"messages": json.dumps(record(3)["messages"]), "tools": json.dumps(record(3)["tools"])}
+    row["answer"] = json.dumps([{"name": "area", "arguments": {"side": 3}}])
+    prompt, completion = render_example(merged, "Answer with JSON.", row)
+    assert '"name": "area"' in prompt and completion.startswith("<tool_call>")
