@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -403,6 +404,8 @@ def parse_override(item: str) -> dict[str, Any]:
         raise ValueError(f"override {item!r} is not of the form dotted.key=value")
     dotted, raw = item.split("=", 1)
     value: Any = yaml.safe_load(raw) if raw else ""
+    if isinstance(value, datetime.date):
+        value = raw.strip()  # no field holds a date object: `seed.date=2026-12-04` is text
     for part in reversed(dotted.strip().split(".")):
         value = {part: value}
     return value

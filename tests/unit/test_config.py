@@ -22,6 +22,11 @@ def test_override_values_are_typed() -> None:
         parse_override("no-equals-sign")
 
 
+def test_a_date_given_on_the_command_line_stays_text() -> None:
+    # YAML would read it as a date object, which no string field accepts.
+    assert load_config(None, ["seed.date=2026-12-04"]).seed.date == "2026-12-04"
+
+
 def test_unknown_keys_are_errors() -> None:
     with pytest.raises(ValidationError):
         load_config(None, ["training.max_stpes=3"])
