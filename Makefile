@@ -8,8 +8,10 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch lies on local disk here; elsewhere set TORCH_LINKS to an index serving it.
 TORCH_LINKS ?= $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 export STILLROOM_HOME ?= $(CURDIR)/.stillroom
+# The profile whose seed section fills `make serve`'s bucket (smoke: 52 documents).
+SEED_PROFILE ?= demo
 
-.PHONY: install demo smoke test test-gpu gpu-check bench-training lint lock clean ui-mlflow ui-prefect
+.PHONY: install demo smoke test test-gpu gpu-check bench-training lint lock clean serve stop deploy status
 
 # Idempotent: reinstalls only when a lock file changed. torch goes first, alone, so that
 # nothing resolves it to a multi-GB CUDA build.
@@ -54,14 +56,22 @@ lock:
 	$(VENV)/bin/pip-compile --quiet --strip-extras --no-header -o requirements.lock requirements.in
 	sed -i '/^torch==/d' requirements.lock
 
-ui-mlflow: install
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --host 127.0.0.1 --port 5000 \
-	  --backend-store-uri sqlite:///$(STILLROOM_HOME)/mlflow/mlflow.db \
-	  --default-artifact-root $(STILLROOM_HOME)/mlflow/artifacts --workers 1
+# The local stack in the background (stillroom/stack.py): Prefect server and UI, a process
+# worker per work pool, MLflow server and UI, moto S3 (seeded) and the replay teacher, all
+# on 127.0.0.1. Ports: STILLROOM_{PREFECT,MLFLOW,S3,TEACHER}_PORT (4200, 5000, 9000, 8765).
+serve: install
+	$(PY) -m stillroom.stack serve --profile $(SEED_PROFILE)
 
-ui-prefect: install
-	PREFECT_HOME=$(STILLROOM_HOME)/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
-	  $(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
+# Registers prefect.yaml's deployments against it, pointed at its services.
+deploy: install
+	$(PY) -m stillroom.stack deploy
 
-clean:
+status: install
+	$(PY) -m stillroom.stack status
+
+# Stops exactly what `serve` recorded (by PID), SIGKILL after a grace period.
+stop:
+	@if [ -x $(PY) ]; then $(PY) -m stillroom.stack stop; fi
+
+clean: stop
 	rm -rf $(STILLROOM_HOME)

@@ -67,8 +67,8 @@ def main() -> None:
     )
     print(f"  wall time: {time.perf_counter() - started:.0f} s")
     store = tracking_uri(load_config(args.profile).registry)
-    print(f"  MLflow UI:  make ui-mlflow   -> http://127.0.0.1:5000  (store {store})")
-    print("  Prefect UI: make ui-prefect  -> http://127.0.0.1:4200  (flow run 'distill')")
+    print(f"  MLflow UI:  make serve  -> http://127.0.0.1:5000  (store {store})")
+    print("  Prefect UI: make serve  -> http://127.0.0.1:4200  (flow run 'distill')")
 
 
 if __name__ == "__main__":

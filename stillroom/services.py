@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,21 +50,49 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], timeout_s: float =
     raise TimeoutError(f"{url} not ready after {timeout_s:.0f}s")
 
 
+@dataclass(frozen=True)
+class Launch:
+    """How a service is started. `detach`: in a session (and process group) of its own, so
+    it outlives the shell that started it, ignores that terminal's Ctrl-C, and its group
+    can be signalled as one. `on_spawn` hears of it the moment it exists, before it is
+    ready: stillroom.stack records it then, so an interrupted start leaves no stray."""
+
+    detach: bool = False
+    on_spawn: Callable[[Service], None] | None = None
+
+
 def start_service(
-    name: str, argv: list[str], url: str, health_url: str, log_dir: Path, ready_s: float = 60.0
+    name: str,
+    argv: list[str],
+    url: str,
+    health_url: str,
+    log_dir: Path,
+    ready_s: float = 60.0,
+    launch: Launch | None = None,
+    env: dict[str, str] | None = None,
 ) -> Service:
+    """Start `argv`, logging to `log_dir/<name>.log`, and wait until `health_url` answers."""
+    launch = launch or Launch()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"{name}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            argv, stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy()
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=os.environ.copy() if env is None else env,
+            start_new_session=launch.detach,
         )
+    service = Service(name=name, process=process, url=url, log_path=log_path)
     try:
+        if launch.on_spawn:
+            launch.on_spawn(service)
         wait_for_http(health_url, process, ready_s)
-    except Exception:
+    except BaseException:  # Ctrl-C too: never leave a half-started server behind
         stop_service(process)
         raise
-    return Service(name=name, process=process, url=url, log_path=log_path)
+    return service
 
 
 def stop_service(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
@@ -78,11 +106,11 @@ def stop_service(process: subprocess.Popen[bytes], grace_s: float = 5.0) -> None
         process.wait()
 
 
-def start_moto(log_dir: Path, port: int | None = None) -> Service:
+def start_moto(log_dir: Path, port: int | None = None, launch: Launch | None = None) -> Service:
     port = port or free_port()
     url = f"http://{LOOPBACK}:{port}"
     argv = [sys.executable, "-m", "moto.server", "-H", LOOPBACK, "-p", str(port)]
-    return start_service("moto-s3", argv, url, f"{url}/moto-api/", log_dir)
+    return start_service("moto-s3", argv, url, f"{url}/moto-api/", log_dir, launch=launch)
 
 
 def start_teacher(
@@ -91,6 +119,7 @@ def start_teacher(
     port: int | None = None,
     faults: list[str] | None = None,
     local_model: str | None = None,
+    launch: Launch | None = None,
 ) -> Service:
     """The local teacher: replaying `replay_path`, or serving `local_model` (a folder, or
     `qwen2.5-coder-0.5b`). `faults` are `name=value` items (see teacher_server.Faults)."""
@@ -106,7 +135,7 @@ def start_teacher(
         argv += ["--fault", fault]
     # A local model is converted once (about two minutes) and loaded each start.
     ready_s = 600.0 if local_model else 60.0
-    return start_service("teacher", argv, f"{url}/v1", f"{url}/health", log_dir, ready_s)
+    return start_service("teacher", argv, f"{url}/v1", f"{url}/health", log_dir, ready_s, launch)
 
 
 def start_mlflow(
@@ -114,6 +143,7 @@ def start_mlflow(
     port: int | None = None,
     backend_uri: str | None = None,
     artifact_root: str | Path | None = None,
+    launch: Launch | None = None,
 ) -> Service:
     """A real MLflow tracking and registry server, met over HTTP as in production.
 
@@ -140,7 +170,7 @@ def start_mlflow(
     argv += ["server", "--host", LOOPBACK, "--port", str(port), "--workers", "1"]
     argv += ["--backend-store-uri", backend_uri, "--artifacts-destination", destination]
     # Creating the tables of a fresh sqlite store takes ~10 s on two cores.
-    return start_service("mlflow", argv, url, f"{url}/health", log_dir, ready_s=120.0)
+    return start_service("mlflow", argv, url, f"{url}/health", log_dir, 120.0, launch)
 
 
 def ensure_local_aws_credentials() -> None:

@@ -1,6 +1,7 @@
 """prefect.yaml: every deployment points at a real flow, with parameters that flow accepts,
 on a work pool the infra runs, and with schedules Prefect can parse."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,10 +22,20 @@ def load_flow(entrypoint: str):
     return load_flow_from_entrypoint(f"{project_root() / path}:{name}")
 
 
-DISTILL = sorted(n for n, d in DEPLOYMENTS.items() if d["entrypoint"] == "flows/distill.py:distill")
+# Deployments of flows that take a profile and overrides (distill, watch).
+PROFILED = sorted(n for n, d in DEPLOYMENTS.items() if "profile" in d.get("parameters", {}))
 
 
-@pytest.mark.parametrize("name", DISTILL)
+def test_every_flow_is_deployed() -> None:
+    entrypoints = {d["entrypoint"] for d in DEPLOYMENTS.values()}
+    assert entrypoints == {
+        "flows/distill.py:distill",
+        "flows/train.py:train",
+        "flows/watch.py:watch",
+    }
+
+
+@pytest.mark.parametrize("name", PROFILED)
 def test_entrypoint_is_a_flow_that_accepts_the_parameters(name: str) -> None:
     deployment = DEPLOYMENTS[name]
     flow = load_flow(deployment["entrypoint"])
@@ -59,6 +70,15 @@ def test_nightly_schedule_parses_and_trains_on_the_gpu_pool() -> None:
     assert load_flow(trainer["entrypoint"]).name == flow_name
 
 
+def test_watch_runs_on_a_schedule_and_triggers_an_existing_deployment() -> None:
+    watch = DEPLOYMENTS["drift-watch"]
+    (schedule,) = watch["schedules"]
+    CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
+    cfg = load_config(watch["parameters"]["profile"], watch["parameters"]["overrides"])
+    flow_name, deployment_name = cfg.watch.deployment.split("/")
+    assert load_flow(DEPLOYMENTS[deployment_name]["entrypoint"]).name == flow_name
+
+
 def test_train_deployment_takes_one_typed_parameters_model() -> None:
     from flows.train import TrainParams
 
@@ -70,15 +90,25 @@ def test_train_deployment_takes_one_typed_parameters_model() -> None:
     assert schema["required"] == ["params"]
 
 
-def test_code_is_pulled_from_where_the_images_put_it() -> None:
+def test_code_is_pulled_from_where_the_images_put_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.utilities.templating import apply_values
+
     (step,) = SPEC["pull"]
     directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
+    # One env var names the checkout: /app in the images, the repo root for `make deploy`.
+    assert directory == "{{ $STILLROOM_CODE_DIR }}"
     for image in ("cpu", "gpu"):
         dockerfile = (project_root() / f"infra/docker/Dockerfile.{image}").read_text()
-        assert f"WORKDIR {directory}" in dockerfile
+        (workdir,) = re.findall(r"^WORKDIR (\S+)", dockerfile, re.M)
+        assert re.findall(r"\bSTILLROOM_CODE_DIR=(\S+)", dockerfile) == [workdir]
         # `prefect deploy --all` inside a worker container reads the file from there.
         assert any(
             line.startswith("COPY ") and "prefect.yaml" in line.split()
             for line in dockerfile.splitlines()
         )
+    # Prefect's own templating (what `prefect deploy` and the pull step run) resolves it.
+    monkeypatch.setenv("STILLROOM_CODE_DIR", "/app")
+    assert apply_values(SPEC["pull"], {}) == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": "/app"}}
+    ]
     assert Path(project_root() / "flows/distill.py").exists()
