@@ -7,9 +7,12 @@ and number of optimizer steps. Each configuration trains in its own subprocess, 
 the other, so each has the cores to itself and reports its own peak memory:
 
 - stock: SFTTrainer defaults for a prompt-completion set, LoRA on all linear layers, every
-  batch padded to `max_length` (the common `padding="max_length"` recipe), fp32.
+  batch padded to `max_length` (the common `padding="max_length"` recipe), fp32 (TRL's
+  default bf16 is emulated on CPUs without native bf16: several minutes per step here).
 - ours: `stillroom.training`'s trainer: padding-free batches (examples end to end, no pad
   tokens), sequence length fitted to the data, bf16 only where the CPU has it, threads set.
+- ours, batch 1: the same examples one at a time, gradients accumulated over the batch
+  size, so each optimizer step sees the same examples: what padding-free batching buys.
 - ours, top layers: the same plus LoRA on the last 15 layers only (the demo profile).
 
 Tokens/s counts real tokens (not padding) over the steps after the first, which warms
@@ -31,7 +34,7 @@ from stillroom.env import apply_offline_env, state_dir
 
 apply_offline_env()
 
-CONFIGS = ("stock", "ours", "ours-top15")
+CONFIGS = ("stock", "ours", "ours-bs1", "ours-top15")
 STOCK_MAX_LENGTH = 512  # the base.yaml cap, padded to in full by the stock recipe
 
 
@@ -67,6 +70,9 @@ def stock_trainer(spec: Any, tokenizer: Any, rows: Any, timer: Any) -> Any:
         max_length=STOCK_MAX_LENGTH,
         pad_to_multiple_of=STOCK_MAX_LENGTH,  # every batch padded to max_length
         include_num_input_tokens_seen="non_padding",
+        # TRL's default is bf16, which a CPU without native bf16 emulates at minutes per
+        # step: held at fp32 here so the ratio measures batching and configuration.
+        bf16=False,
         use_cpu=True,
         save_strategy="no",
         eval_strategy="no",
@@ -137,6 +143,8 @@ def write_inputs(root: Path, model: str, steps: int, threads: int, batch: int) -
     settings = {
         "stock": common,
         "ours": ours,
+        # One example at a time, 4 accumulated: the same examples per optimizer step.
+        "ours-bs1": ours | {"batch_size": 1, "grad_accum": batch},
         "ours-top15": ours | {"lora": {"top_layers": 15}},
     }
     paths = {}

@@ -455,7 +455,10 @@ def train(spec: TrainSpec) -> dict[str, Any]:
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     seconds = time.perf_counter() - started
-    final_eval = trainer.evaluate()  # the best checkpoint, reloaded at the end of train()
+    # The trainer validates the last step too and reloads the best checkpoint; its score is
+    # that checkpoint's. Without any validation (fewer steps than eval_steps), measure now.
+    best = trainer.state.best_metric
+    eval_after = float(best) if best is not None else float(trainer.evaluate()["eval_loss"])
 
     # --- save ---------------------------------------------------------------------------------
     adapter_dir, merged_dir = output_dir / "adapter", output_dir / "merged"
@@ -481,7 +484,7 @@ def train(spec: TrainSpec) -> dict[str, Any]:
         "epochs": round(float(trainer.state.epoch or 0), 3),
         "train_loss": result.training_loss,
         "eval_loss_before": eval_before,
-        "eval_loss_after": final_eval["eval_loss"],
+        "eval_loss_after": eval_after,
         "best_checkpoint": Path(trainer.state.best_model_checkpoint or "").name or None,
         "train_seconds": round(seconds, 2),
         "train_tokens": int(trainer.state.num_input_tokens_seen),

@@ -18,7 +18,6 @@ import pytest
 from mlflow.tracking import MlflowClient
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.objects import FlowRun
-from prefect.testing.utilities import prefect_test_harness
 
 from stillroom import services
 from stillroom.config import load_config
@@ -31,21 +30,6 @@ from stillroom.targets import load_target
 TODAY = datetime.now(UTC).date().isoformat()
 # What the watch asks the distill run for: the assertion is that it arrives as given.
 DISTILL_OVERRIDES = ["registry.tracking_uri=http://mlflow:5000", "training.max_steps=8"]
-
-
-@pytest.fixture(scope="module")
-def harness() -> Iterator[None]:
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
-
-
-@pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    mp = pytest.MonkeyPatch()
-    path = tmp_path_factory.mktemp("watch-home")
-    mp.setenv("STILLROOM_HOME", str(path))
-    yield path
-    mp.undo()
 
 
 @pytest.fixture(scope="module")
