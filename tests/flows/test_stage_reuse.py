@@ -177,6 +177,8 @@ def test_teacher_calls_of_concurrent_runs_share_the_global_limit(
         f"storage.endpoint_url={stack['s3']}",
         f"teacher.base_url={stack['teacher']}",
         "teacher.concurrency=8",
+        # A model name of its own: answers cached by the other test must not stand in for calls.
+        "teacher.model=limit-test",
     ]
     cfg = load_config("smoke", base)
     s3 = make_s3_client(cfg.storage)
