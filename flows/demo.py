@@ -17,6 +17,7 @@ apply_offline_env()
 
 from stillroom import services  # noqa: E402
 from stillroom.config import load_config, profile_parser  # noqa: E402
+from stillroom.params import DistillParams  # noqa: E402
 from stillroom.registry import tracking_uri  # noqa: E402
 from stillroom.report import format_summary  # noqa: E402
 from stillroom.seeding import seed_bfcl  # noqa: E402
@@ -44,14 +45,8 @@ def run_demo(profile: str, overrides: list[str]) -> dict[str, Any]:
             print(f"local teacher injects faults: {', '.join(faults)}")
         teacher_service = services.start_teacher(replay, home / "logs", faults=faults)
         with services.running(teacher_service) as teacher:
-            summary = distill(
-                profile,
-                [
-                    *overrides,
-                    f"storage.endpoint_url={s3_server.url}",
-                    f"teacher.base_url={teacher.url}",
-                ],
-            )
+            local = [f"storage.endpoint_url={s3_server.url}", f"teacher.base_url={teacher.url}"]
+            summary = distill(DistillParams(profile=profile, overrides=[*overrides, *local]))
     summary["seeded"] = seeded
     return summary
 

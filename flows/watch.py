@@ -23,9 +23,10 @@ apply_offline_env()  # before prefect/mlflow import: they read these settings on
 
 from prefect import flow  # noqa: E402
 from prefect.artifacts import create_markdown_artifact  # noqa: E402
+from prefect.client.orchestration import get_client  # noqa: E402
 from prefect.deployments import run_deployment  # noqa: E402
 
-from stillroom.config import PipelineConfig, WatchConfig, load_config, profile_parser  # noqa: E402
+from stillroom.config import PipelineConfig, WatchConfig, profile_parser  # noqa: E402
 from stillroom.drift import (  # noqa: E402
     Decision,
     Observation,
@@ -38,6 +39,7 @@ from stillroom.drift import (  # noqa: E402
     watch_sampling,
 )
 from stillroom.evaluation import EvalReport  # noqa: E402
+from stillroom.params import WatchParams  # noqa: E402
 from stillroom.targets import load_target  # noqa: E402
 from stillroom.teacher import LabelResult  # noqa: E402
 from tasks.data import label_task, sample_task  # noqa: E402
@@ -112,9 +114,11 @@ def measure(cfg: PipelineConfig, run_id: str, today: date) -> Measurement:
 def trigger_distill(cfg: WatchConfig, run_id: str) -> dict[str, Any]:
     """Start the retrain and return at once (timeout=0): a distill run takes far longer than
     a watch should. The idempotency key lets a retried watch find the run it started."""
+    with get_client(sync_client=True) as client:
+        deployed = client.read_deployment_by_name(cfg.deployment).parameters
     run = run_deployment(
         cfg.deployment,
-        parameters=distill_parameters(cfg),
+        parameters=distill_parameters(cfg, deployed),
         timeout=0,
         tags=["watch"],
         idempotency_key=run_id,
@@ -136,8 +140,8 @@ def decide(cfg: WatchConfig, observation: Observation) -> Decision:
 
 
 @flow(name="watch")
-def watch(profile: str = "demo", overrides: list[str] | None = None) -> dict[str, Any]:
-    cfg: PipelineConfig = load_config(profile, overrides)
+def watch(params: WatchParams) -> dict[str, Any]:
+    cfg: PipelineConfig = params.load()
     run_id = watch_run_key()
     m = measure(cfg, run_id, datetime.now(UTC).date())
     logged = {"documents": m.counts, "sampling": m.sampling, "labelling": m.labelling or {}}
@@ -169,7 +173,8 @@ def watch(profile: str = "demo", overrides: list[str] | None = None) -> dict[str
 
 def main() -> None:
     args = profile_parser("Run the drift watch.").parse_args()
-    print(json.dumps(watch(args.profile, args.overrides), indent=2, default=str))
+    params = WatchParams(profile=args.profile, overrides=args.overrides)
+    print(json.dumps(watch(params), indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -284,7 +284,9 @@ class EvalConfig(Section):
 
 class RegistryConfig(Section):
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; None: sqlite store in the state folder."
+        None,
+        description="MLflow tracking URI; None: MLFLOW_TRACKING_URI from the environment, "
+        "else a sqlite store in the state folder.",
     )
     experiment: str = Field("stillroom-distill", description="MLflow experiment name.")
     model_name: str = Field("bfcl-tool-call-student", description="Registered model name.")

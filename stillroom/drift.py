@@ -184,14 +184,21 @@ def hold_for(
     return replace(decision, trigger=False, held=held, checks=decision.checks | {"cooldown": held})
 
 
-def distill_parameters(cfg: WatchConfig) -> dict[str, Any]:
-    """Only what the watch sets: a parameter left out keeps the deployment's own default."""
-    parameters: dict[str, Any] = {}
+def distill_parameters(cfg: WatchConfig, deployed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The deployment's own `params` with only what the watch sets replaced.
+
+    Prefect lays run parameters over a deployment's one top-level key at a time, so a
+    `params` holding just a profile would drop the rest of the deployment's form (its
+    service addresses among them); the watch starts from that form instead.
+    """
+    if cfg.distill_profile is None and cfg.distill_overrides is None:
+        return {}  # nothing to change: the deployment's parameters apply as they are
+    params: dict[str, Any] = dict((deployed or {}).get("params") or {})
     if cfg.distill_profile is not None:
-        parameters["profile"] = cfg.distill_profile
+        params["profile"] = cfg.distill_profile
     if cfg.distill_overrides is not None:
-        parameters["overrides"] = cfg.distill_overrides
-    return parameters
+        params["overrides"] = cfg.distill_overrides
+    return {"params": params}
 
 
 # ---------------------------------------------------------------- what people read

@@ -19,6 +19,7 @@ import getpass
 import hashlib
 import json
 import math
+import os
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -334,9 +335,19 @@ def model_card(
 # --- MLflow store ---------------------------------------------------------------------------
 
 
+# The MLflow server this process was started against (a worker's environment names it).
+# Read once, at import: `mlflow.set_tracking_uri` writes the same variable, so reading it
+# later would give whichever store this process used last, not what its environment said.
+LAUNCH_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
 def tracking_uri(cfg: RegistryConfig) -> str:
+    """The configured store, else MLFLOW_TRACKING_URI as the process was started with,
+    else a sqlite file in the state folder."""
     if cfg.tracking_uri:
         return cfg.tracking_uri
+    if LAUNCH_TRACKING_URI:
+        return LAUNCH_TRACKING_URI
     folder = state_dir() / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"

@@ -278,9 +278,13 @@ def ensure_pool(api_url: str, pool: str) -> None:
 
 
 def start_worker(
-    pool: str, api_url: str, log_dir: Path, launch: services.Launch
+    pool: str, api_url: str, urls: dict[str, str], log_dir: Path, launch: services.Launch
 ) -> services.Service:
     env = prefect_env(api_url)
+    # As a deployed worker's environment does (infra/compose): a run whose form leaves the
+    # service addresses out still finds this stack's MLflow and S3.
+    env["MLFLOW_TRACKING_URI"] = urls["mlflow"]
+    env["AWS_ENDPOINT_URL_S3"] = urls["s3"]
     # The worker's health endpoint says when it has polled the server: that is "ready".
     health_port = services.free_port()
     env["PREFECT_WORKER_WEBSERVER_HOST"] = services.LOOPBACK
@@ -342,7 +346,7 @@ def start_all(profile: str, ports: Ports, state: dict[str, Any]) -> None:
     api_url = f"{prefect.url}/api"
     for pool_name in pool_names():
         ensure_pool(api_url, pool_name)
-        start_worker(pool_name, api_url, logs, launch)
+        start_worker(pool_name, api_url, state["urls"], logs, launch)
     save_state(state)
 
 
@@ -435,9 +439,10 @@ def localise(spec: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     spec = copy.deepcopy(spec)
     keys = {override.split("=", 1)[0] for override in overrides}
     for deployment in spec["deployments"]:
-        params = deployment.get("parameters") or {}
-        if "overrides" in params:
-            kept = [o for o in params["overrides"] if o.split("=", 1)[0] not in keys]
+        # Every form but gpu-train's (which distill fills in) points at this stack.
+        params = (deployment.get("parameters") or {}).get("params")
+        if params is not None:
+            kept = [o for o in params.get("overrides", []) if o.split("=", 1)[0] not in keys]
             params["overrides"] = kept + overrides
         for schedule in deployment.get("schedules") or []:
             schedule["active"] = False

@@ -12,6 +12,9 @@ os.environ.setdefault(
     "STILLROOM_HOME", str(Path(__file__).resolve().parent.parent / ".stillroom" / "test-home")
 )
 
+# Tests keep their MLflow stores to themselves, whatever the shell points MLflow at.
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
 from stillroom.env import apply_offline_env  # noqa: E402
 
 apply_offline_env()

@@ -20,6 +20,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from stillroom import services
 from stillroom.config import load_config
+from stillroom.params import DistillParams
 from stillroom.sampling import Manifest, sample_documents
 from stillroom.seeding import seed_bfcl
 from stillroom.storage import make_s3_client
@@ -137,9 +138,8 @@ def test_retried_run_after_a_training_crash_does_not_resample_or_relabel(
         "training.retries=0",
         "evaluation.evaluate_champion=false",
     ]
-    state = distill.with_options(retries=1, retry_delay_seconds=0)(
-        "smoke", overrides, return_state=True
-    )
+    params = DistillParams(profile="smoke", overrides=overrides)
+    state = distill.with_options(retries=1, retry_delay_seconds=0)(params, return_state=True)
     crash.done.set()
     assert crash.stats_at_crash is not None, "the trainer was never caught mid-run"
     assert state.is_completed(), state.message

@@ -21,6 +21,7 @@ from prefect.client.schemas.objects import FlowRun
 
 from stillroom import services
 from stillroom.config import load_config
+from stillroom.params import DistillParams, WatchParams
 from stillroom.registry import tracking_uri
 from stillroom.seeding import seed_bfcl
 from stillroom.storage import iter_objects, make_s3_client
@@ -52,9 +53,8 @@ def stack(harness: None, home: Path) -> Iterator[list[str]]:
 def champion(stack: list[str]) -> str:
     from flows.distill import distill
 
-    summary = distill(
-        "smoke", [*stack, "registry.min_accuracy=0.0", "evaluation.evaluate_base=false"]
-    )
+    overrides = [*stack, "registry.min_accuracy=0.0", "evaluation.evaluate_base=false"]
+    summary = distill(DistillParams(profile="smoke", overrides=overrides))
     assert summary["registration"]["promoted"]
     return summary["registration"]["version"]
 
@@ -88,15 +88,13 @@ def no_runs_yet(deployment: UUID) -> UUID:
 def run_watch(stack: list[str], *overrides: str) -> dict:
     from flows.watch import watch
 
-    return watch(
-        "smoke",
-        [
-            *stack,
-            "watch.distill_profile=smoke",
-            f"watch.distill_overrides={json.dumps(DISTILL_OVERRIDES)}",
-            *overrides,
-        ],
-    )
+    watching = [
+        *stack,
+        "watch.distill_profile=smoke",
+        f"watch.distill_overrides={json.dumps(DISTILL_OVERRIDES)}",
+        *overrides,
+    ]
+    return watch(WatchParams(profile="smoke", overrides=watching))
 
 
 def mlflow_client() -> MlflowClient:
@@ -135,7 +133,7 @@ def test_a_champion_that_disagrees_with_fresh_labels_starts_a_distill_run(
 
     (run,) = distill_runs(no_runs_yet)
     assert str(run.id) == out["triggered"]["id"] and run.name == out["triggered"]["name"]
-    assert run.parameters == {"profile": "smoke", "overrides": DISTILL_OVERRIDES}
+    assert run.parameters == {"params": {"profile": "smoke", "overrides": DISTILL_OVERRIDES}}
     assert run.state is not None and run.state.is_scheduled() and "watch" in run.tags
 
     mlflow = mlflow_client()

@@ -206,10 +206,18 @@ def test_nothing_wanted_is_left_alone() -> None:
     assert hold_for(quiet, [run(NOW, final=False)], NOW, 12) == quiet
 
 
-def test_only_parameters_the_watch_sets_are_passed() -> None:
-    assert distill_parameters(WatchConfig()) == {}
+def test_the_watch_changes_only_what_it_sets_in_the_deployments_form() -> None:
+    deployed = {"params": {"profile": "demo", "overrides": ["x=1"], "gate": {"min_margin": 0.1}}}
+    assert distill_parameters(WatchConfig(), deployed) == {}
     cfg = WatchConfig(distill_profile="gpu", distill_overrides=["a.b=1"])
-    assert distill_parameters(cfg) == {"profile": "gpu", "overrides": ["a.b=1"]}
+    # Prefect replaces `params` whole, so the deployment's other fields are carried over.
+    assert distill_parameters(cfg, deployed) == {
+        "params": {"profile": "gpu", "overrides": ["a.b=1"], "gate": {"min_margin": 0.1}}
+    }
+    assert distill_parameters(WatchConfig(distill_profile="gpu"), deployed)["params"][
+        "overrides"
+    ] == ["x=1"]
+    assert distill_parameters(cfg, {}) == {"params": {"profile": "gpu", "overrides": ["a.b=1"]}}
 
 
 def test_the_artifact_leads_with_the_decision_and_names_the_run_started() -> None:
