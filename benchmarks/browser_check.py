@@ -1,5 +1,6 @@
 """Headless Chromium against the served stack: the Prefect UI's deployment page shows
-`distill/on-demand` and the MLflow UI's registered-model page shows the `champion` alias.
+`distill/on-demand`, its run page the form's fields, and the MLflow UI's registered-model
+page shows the `champion` alias.
 
     make serve && make deploy
     .venv/bin/python benchmarks/browser_check.py --promote   # first one smoke run made champion
@@ -28,6 +29,8 @@ apply_offline_env()
 from stillroom import stack  # noqa: E402
 
 DEPLOYMENT = "distill/on-demand"
+# Titles the UI gives the form's fields (pydantic's, from stillroom/params.py).
+FORM_FIELDS = ["Profile", "Sample Size", "Teacher Model", "Base Model", "Gate", "Overrides"]
 MODEL = "bfcl-tool-call-student"
 
 
@@ -62,12 +65,15 @@ def promote(urls: dict[str, str]) -> None:
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    overrides = [*stack.stack_overrides(urls), "registry.min_accuracy=0.0"]
+    # The deployment's form, as a person would fill it in: the gate is a field of its own.
+    params = {
+        "profile": "smoke",
+        "gate": {"min_accuracy": 0.0},
+        "overrides": stack.stack_overrides(urls),
+    }
     started = time.perf_counter()
     with temporary_settings({PREFECT_API_URL: f"{urls['prefect']}/api"}):
-        run = run_deployment(
-            DEPLOYMENT, parameters={"profile": "smoke", "overrides": overrides}, timeout=900
-        )
+        run = run_deployment(DEPLOYMENT, parameters={"params": params}, timeout=900)
     state = run.state.name if run.state else "unknown"
     print(f"promoting run {run.name}: {state} after {time.perf_counter() - started:.0f} s")
     if not run.state or not run.state.is_completed():
@@ -119,6 +125,11 @@ def main() -> None:
                 f"Work Pool {deployment['work_pool_name']}",
                 f"Entrypoint {deployment['entrypoint']}",
             ],
+        ),
+        # The custom-run page renders the form from the flow's parameters model.
+        "Prefect run form": (
+            f"{urls['prefect']}/deployments/deployment/{deployment['id']}/run",
+            FORM_FIELDS,
         ),
         "MLflow registered model page": (
             f"{urls['mlflow']}/#/models/{MODEL}",

@@ -470,11 +470,12 @@ def deploy() -> list[dict[str, Any]]:
         raise SystemExit(f"prefect deploy failed:\n{result.stdout}{result.stderr}")
     deployed = read_deployments(api_url, [d["name"] for d in local["deployments"]])
     ui = state["urls"]["prefect"]
+    width = max((len(f"{d['flow_name']}/{d['name']}") for d in deployed), default=0)
     for d in deployed:
         paused = [s for s in d["schedules"] if not s["active"]]
         note = f", {len(paused)} schedule(s) paused" if paused else ""
         full_name = f"{d['flow_name']}/{d['name']}"
-        print(f"  {full_name:<24} pool {d['work_pool_name']}{note}")
+        print(f"  {full_name:<{width}}  pool {d['work_pool_name']}{note}")
         print(f"    {ui}/deployments/deployment/{d['id']}")
     return deployed
 
