@@ -69,7 +69,7 @@ def promote(urls: dict[str, str]) -> None:
     params = {
         "profile": "smoke",
         "gate": {"min_accuracy": 0.0},
-        "overrides": stack.stack_overrides(urls),
+        "overrides": stack.form_overrides(urls),  # MLflow, S3: the workers' env
     }
     started = time.perf_counter()
     with temporary_settings({PREFECT_API_URL: f"{urls['prefect']}/api"}):

@@ -18,11 +18,12 @@ from stillroom.env import apply_offline_env
 apply_offline_env()  # before prefect imports: it reads these settings on import
 
 from prefect import flow  # noqa: E402
-from prefect.artifacts import create_table_artifact  # noqa: E402
+from prefect.artifacts import create_markdown_artifact  # noqa: E402
 
 from flows.common import flow_run_key, run_dir  # noqa: E402
 from stillroom.config import PipelineConfig, profile_parser  # noqa: E402
 from stillroom.params import LabelParams  # noqa: E402
+from stillroom.report import count_rows, markdown_table  # noqa: E402
 from stillroom.sampling import Manifest  # noqa: E402
 from stillroom.teacher import LabelResult  # noqa: E402
 from tasks.data import build_task, label_task, sample_task  # noqa: E402
@@ -47,29 +48,15 @@ def label_stage(cfg: PipelineConfig, run_id: str, dataset_dir: Path) -> Labelled
     return Labelled(manifest, labels, build_task(cfg, run_id, labels, dataset_dir))
 
 
-def counts_rows(counts: dict[str, Any]) -> list[dict[str, Any]]:
-    """The counts as table rows: stage, count, value (reasons flattened into the name)."""
-    rows = []
-    for stage, values in counts.items():
-        for name, value in values.items():
-            if isinstance(value, dict):
-                rows += [
-                    {"stage": stage, "count": f"{name}.{k}", "value": v} for k, v in value.items()
-                ]
-            else:
-                rows.append({"stage": stage, "count": name, "value": value})
-    return rows
-
-
 @flow(name="label")
 def label(params: LabelParams) -> dict[str, Any]:
     cfg = params.load()
     run_id = params.run_id or flow_run_key()
     done = label_stage(cfg, run_id, run_dir(run_id) / "dataset")
     counts = done.counts()
-    create_table_artifact(
+    create_markdown_artifact(
         key="label-counts",
-        table=counts_rows(counts),
+        markdown="\n".join(markdown_table(count_rows(counts["sampling"], counts["labelling"]))),
         description=f"run {run_id}: sampled = labelled + quarantined + skipped, with reasons",
     )
     dataset = {k: v for k, v in done.dataset.items() if k != "path"}  # a path is this machine's

@@ -20,11 +20,9 @@ def cost_text(labels: dict[str, Any]) -> str:
     )
 
 
-def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
-    sampling, labels = summary["sampling"], summary["labelling"]
-    student, base = summary["student"], summary.get("base")
-    reg, sizes = summary["registration"], summary["dataset"]["sizes"]
-    rows = [
+def count_rows(sampling: dict[str, Any], labels: dict[str, Any]) -> list[tuple[str, str]]:
+    """Sampling and labelling counts: listed -> sampled -> labelled / quarantined / skipped."""
+    return [
         ("documents listed", f"{sampling['listed']} ({sampling['examined']} read)"),
         (
             "rejected at intake",
@@ -47,6 +45,13 @@ def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
         ),
         ("PII scrubbed", reasons_text(labels["pii_scrubbed"])),
         ("teacher cost", cost_text(labels)),
+    ]
+
+
+def summary_rows(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    student, base = summary["student"], summary.get("base")
+    reg, sizes = summary["registration"], summary["dataset"]["sizes"]
+    rows = count_rows(summary["sampling"], summary["labelling"]) + [
         ("train / val / test", f"{sizes['train']} / {sizes['validation']} / {sizes['test']}"),
         (
             "training",
@@ -109,9 +114,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join([bar, f"  stillroom run {summary['run_id']}", bar, *lines, bar])
 
 
+def markdown_table(rows: list[tuple[str, str]]) -> list[str]:
+    return ["| stage | result |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
 def format_markdown(summary: dict[str, Any]) -> str:
-    rows = summary_rows(summary)
-    table = ["| stage | result |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+    table = markdown_table(summary_rows(summary))
     links = [
         f"- {name}: [{target}]({target})" if target.startswith("http") else f"- {name}: {target}"
         for name, target in summary.get("links", {}).items()

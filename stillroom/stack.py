@@ -148,17 +148,16 @@ def is_running(pid: int, started: int | None) -> bool:
 def descendants(pids: list[int]) -> list[tuple[int, int]]:
     """(pid, start ticks) of every process below `pids`: a flow run the worker started in a
     session of its own, and its trainer, are outside the worker's process group."""
-    children: dict[int, list[int]] = {}
+    children: dict[int, list[tuple[int, int]]] = {}
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
         if entry.name.isdigit() and (stat := proc_stat(int(entry.name))):
-            children.setdefault(stat[1], []).append(int(entry.name))
+            children.setdefault(stat[1], []).append((int(entry.name), stat[3]))
     found: list[tuple[int, int]] = []
     todo = list(pids)
     while todo:
-        for child in children.get(todo.pop(), []):
-            if (ticks := start_ticks(child)) is not None:
-                found.append((child, ticks))
-                todo.append(child)
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += [pid for pid, _ in below]
     return found
 
 
@@ -423,18 +422,15 @@ def stop() -> bool:
 # --- deploying -----------------------------------------------------------------------------
 
 
-def stack_overrides(urls: dict[str, str]) -> list[str]:
-    """The dotted overrides that point a run at this stack's services."""
-    return [
-        f"storage.endpoint_url={urls['s3']}",
-        f"teacher.base_url={urls['teacher']}",
-        f"registry.tracking_uri={urls['mlflow']}",
-    ]
+def form_overrides(urls: dict[str, str]) -> list[str]:
+    """What the deployments' forms need on top of the workers' environment, which names
+    MLflow and S3 (start_worker), as a deployed worker's does: only the teacher."""
+    return [f"teacher.base_url={urls['teacher']}"]
 
 
 def localise(spec: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """prefect.yaml for this stack: the same deployments, entrypoints, pools, parameters and
-    schedules, except that service addresses are this stack's and schedules are paused
+    schedules, except that the teacher's address is this stack's and schedules are paused
     (a nightly GPU retrain should not fire on a laptop that happens to be serving)."""
     spec = copy.deepcopy(spec)
     keys = {override.split("=", 1)[0] for override in overrides}
@@ -456,7 +452,7 @@ def deploy() -> list[dict[str, Any]]:
     if state is None or not any(is_running(p.pid, p.started) for p in recorded(state)):
         raise SystemExit("the stack is not running: make serve first")
     spec = yaml.safe_load((project_root() / "prefect.yaml").read_text())
-    local = localise(spec, stack_overrides(state["urls"]))
+    local = localise(spec, form_overrides(state["urls"]))
     path = stack_dir() / "prefect.yaml"
     header = "# Written by `python -m stillroom.stack deploy` from prefect.yaml; edit that one.\n"
     path.write_text(header + yaml.safe_dump(local, sort_keys=False))

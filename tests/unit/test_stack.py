@@ -23,13 +23,19 @@ URLS = {
 
 
 def test_localised_spec_changes_only_service_addresses_and_pauses_schedules() -> None:
-    overrides = stack.stack_overrides(URLS)
+    overrides = stack.form_overrides(URLS)
     local = stack.localise(SPEC, overrides)
     on_demand = {d["name"]: d for d in local["deployments"]}["on-demand"]
     assert set(overrides) <= set(overrides_of(on_demand))
     forms = [d for d in local["deployments"] if "params" in (d.get("parameters") or {})]
     assert {d["name"] for d in forms} == {d["name"] for d in SPEC["deployments"]} - {"gpu-train"}
     assert all(set(overrides) <= set(overrides_of(d)) for d in forms)
+    # MLflow and S3 come from the workers' environment, as on a deployed worker.
+    assert not any(
+        o.startswith(("registry.tracking_uri=", "storage.endpoint_url="))
+        for d in forms
+        for o in overrides_of(d)
+    )
     nightly = {d["name"]: d for d in local["deployments"]}["nightly-retrain"]
     assert "training.deployment=train/gpu-train" in overrides_of(nightly)
     assert [s["active"] for s in nightly["schedules"]] == [False]
